@@ -1,0 +1,262 @@
+"""The ``app`` command line. Each command validates the config first, then calls one function."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.config import ConfigError, ExperimentConfig, load_config
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(help="Customize an LLM for a domain knowledge base on Ray, and prove it helped.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Show and validate experiment configs.", no_args_is_help=True)
+model_app = typer.Typer(help="The local model store.", no_args_is_help=True)
+tracking_app = typer.Typer(help="The MLflow tracking server.", no_args_is_help=True)
+runs_app = typer.Typer(help="Tracked runs: list and compare.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(model_app, name="model")
+app.add_typer(tracking_app, name="tracking")
+app.add_typer(runs_app, name="runs")
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment YAML (default: built-in defaults).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override, e.g. --set training.lr=1e-4 (repeatable).")]
+
+
+def fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the app's own errors into a clear message and a non-zero exit, not a traceback."""
+    from app.model_store import ModelStoreError
+    from app.tracking import TrackingError
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            fail(str(exc), code=2)
+        except (ModelStoreError, TrackingError) as exc:
+            fail(str(exc))
+
+    return wrapper
+
+
+def _load(config: Path | None, overrides: list[str] | None) -> ExperimentConfig:
+    return load_config(config, overrides or [])
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+@handled
+def config_show(config: ConfigOpt = None, set_: SetOpt = None, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Print the resolved config (defaults + file + overrides) and its content hash."""
+    cfg = _load(config, set_)
+    console.print(json.dumps(cfg.to_dict(), indent=2) if as_json else cfg.to_yaml(), highlight=False, markup=False)
+    console.print(f"# config hash: {cfg.content_hash()}", highlight=False, markup=False)
+
+
+@config_app.command("validate")
+@handled
+def config_validate(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Validate a config; also check LoRA target modules against the model if it is in the store."""
+    from app.model_store import ModelStoreError, check_target_modules
+    from app.stages import model_store
+
+    cfg = _load(config, set_)
+    store = model_store(cfg)
+    try:
+        stored = store.get(cfg.model.name)
+    except ModelStoreError:
+        console.print(f"valid (hash {cfg.content_hash()[:12]}); LoRA target modules not checked: model "
+                      f"{cfg.model.name!r} is not in the store yet (`app model prepare`)")
+        return
+    check_target_modules(cfg.lora.target_modules, stored.path)
+    console.print(f"valid (hash {cfg.content_hash()[:12]}); LoRA target modules exist in {cfg.model.name}")
+
+
+# -- model store --------------------------------------------------------------------------------
+
+
+@model_app.command("prepare")
+@handled
+def model_prepare(config: ConfigOpt = None, set_: SetOpt = None,
+                  force: bool = typer.Option(False, help="Rebuild the store entry even if present.")) -> None:
+    """Put the configured base model into the store, probe it on a Ray worker, track it in MLflow."""
+    from app.stages import model_store, prepare_model
+
+    cfg = _load(config, set_)
+    if force:
+        model_store(cfg).prepare(cfg.model, force=True)
+    summary = prepare_model(cfg, config)
+    console.print_json(data=summary)
+
+
+@model_app.command("list")
+@handled
+def model_list(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Models in the store."""
+    from app.stages import model_store
+
+    cfg = _load(config, set_)
+    table = Table("name", "kind", "source / parent", "path", "created")
+    for m in model_store(cfg).list():
+        table.add_row(m.name, m.kind, str(m.manifest.get("source") or m.manifest.get("parent") or ""), str(m.path),
+                      m.manifest.get("created", ""))
+    console.print(table)
+
+
+@model_app.command("verify")
+@handled
+def model_verify(name: str, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Check a stored model's files against the sha256 digests in its manifest."""
+    from app.stages import model_store
+
+    cfg = _load(config, set_)
+    m = model_store(cfg).get(name, verify=True)
+    console.print(f"{name}: {len(m.manifest.get('files', {}))} files match their digests")
+
+
+@model_app.command("ask")
+@handled
+def model_ask(question: str, config: ConfigOpt = None, set_: SetOpt = None,
+              max_new_tokens: int = typer.Option(64, min=1)) -> None:
+    """Greedy answer from the configured model (Hugging Face generate; a quick check, not serving)."""
+    from app.generate import answer_questions
+    from app.stages import model_store
+
+    cfg = _load(config, set_)
+    stored = model_store(cfg).resolve(cfg.model)
+    a = answer_questions(stored.path, [question], max_new_tokens, cfg.model.dtype)[0]
+    console.print(a.answer, highlight=False, markup=False)
+
+
+# -- tracking -------------------------------------------------------------------------------------
+
+
+@tracking_app.command("up")
+@handled
+def tracking_up(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Start the local MLflow server (SQLite backend, local artifact root) if it is not running."""
+    from app.tracking import ensure_server
+
+    cfg = _load(config, set_)
+    uri = ensure_server(cfg.tracking, cfg.paths.resolved_home())
+    console.print(f"MLflow tracking server: {uri}")
+
+
+@tracking_app.command("status")
+@handled
+def tracking_status(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Where runs are tracked and whether the server answers."""
+    from app.tracking import server_status
+
+    cfg = _load(config, set_)
+    console.print_json(data=server_status(cfg.tracking, cfg.paths.resolved_home()))
+
+
+@tracking_app.command("down")
+@handled
+def tracking_down(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Stop the local MLflow server this app started (the database and artifacts stay)."""
+    from app.tracking import stop_server
+
+    cfg = _load(config, set_)
+    console.print("stopped" if stop_server(cfg.paths.resolved_home()) else "no server started by this app")
+
+
+# -- runs -------------------------------------------------------------------------------------------
+
+
+@runs_app.command("list")
+@handled
+def runs_list(config: ConfigOpt = None, set_: SetOpt = None, limit: int = typer.Option(20, min=1)) -> None:
+    """Recent runs of the configured experiment."""
+    import mlflow
+
+    from app.tracking import HASH_TAG, STAGE_TAG, connect
+
+    cfg = _load(config, set_)
+    connect(cfg)
+    df = mlflow.search_runs(experiment_names=[cfg.tracking.experiment or cfg.name], max_results=limit)
+    table = Table("run id", "name", "stage", "status", "config hash", "started")
+    for _, r in df.iterrows():
+        table.add_row(r["run_id"], str(r.get("tags.mlflow.runName", "")), str(r.get(f"tags.{STAGE_TAG}", "")),
+                      r["status"], str(r.get(f"tags.{HASH_TAG}", ""))[:12], str(r["start_time"])[:19])
+    console.print(table)
+
+
+@runs_app.command("compare")
+@handled
+def runs_compare(run_ids: list[str], config: ConfigOpt = None, set_: SetOpt = None,
+                 out: Optional[Path] = typer.Option(None, help="Plot file (default: <home>/reports/compare-<ids>.png)."),
+                 all_params: bool = typer.Option(False, help="Show every param, not only those that differ.")) -> None:
+    """Side-by-side table of runs (config, params that differ, metrics) and a plot of their metrics."""
+    from app.runs import compare_runs, plot_comparison
+    from app.tracking import connect
+
+    cfg = _load(config, set_)
+    connect(cfg)
+    comp = compare_runs(run_ids, all_params=all_params)
+    table = Table("", *comp.header)
+    for row in comp.rows:
+        table.add_row(*row)
+    console.print(table)
+    target = out or cfg.paths.resolved_home() / "reports" / f"compare-{'-'.join(h for h in comp.header)}.png"
+    console.print(f"plot: {plot_comparison(comp, target)}")
+
+
+@app.command("rerun")
+@handled
+def rerun(run_id: str, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Run a tracked stage again with the identical config (read back from the run's artifacts).
+
+    --config/--set here only say where the tracking server is; the stage uses the run's own config.
+    """
+    from app.stages import STAGES
+    from app.tracking import connect, git_state, load_run_config
+
+    connect(_load(config, set_))
+    cfg, tags, config_file = load_run_config(run_id)
+    stage = tags["app.stage"]
+    if stage not in STAGES:
+        fail(f"run {run_id} is of stage {stage!r}, which this version cannot run (known: {', '.join(STAGES)})")
+    now = git_state()["commit"]
+    if tags.get("git.commit") not in (None, "unknown", now):
+        err_console.print(f"[yellow]note:[/] run {run_id} was made at commit {tags['git.commit'][:10]}, "
+                          f"this checkout is at {now[:10]}")
+    summary = STAGES[stage](cfg, config_file, rerun_of=run_id)
+    console.print_json(data=summary)
+
+
+@app.command("run")
+@handled
+def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """The main job: every stage built so far, in order (same as jobs/pipeline.py)."""
+    from app.stages import run_pipeline
+
+    cfg = _load(config, set_)
+    for summary in run_pipeline(cfg, config):
+        console.print_json(data=summary)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

