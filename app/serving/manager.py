@@ -1,0 +1,136 @@
+"""Deploying, watching and removing the Serve application (``app serve up|status|down``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+from app.config import ExperimentConfig, ServingConfig
+
+APP_NAME = "llm"
+
+
+class ServeError(RuntimeError):
+    """Serving could not be started or reached; the message says why."""
+
+
+def base_url(s: ServingConfig) -> str:
+    return f"http://{s.host}:{s.port}"
+
+
+def headers(s: ServingConfig) -> dict[str, str]:
+    return {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
+
+
+def cluster_address(cfg: ExperimentConfig, progress: Callable[[str], None] = print) -> str:
+    """The Ray cluster to deploy on: the configured one, a running local one, or a new local one.
+
+    Serve applications live as long as their cluster, so `app serve up` starts a persistent local
+    cluster (`ray start --head`) rather than one tied to this process.
+    """
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        return address
+    bin_dir = Path(sys.executable).parent
+    probe = subprocess.run([str(bin_dir / "ray"), "status"], capture_output=True, text=True, timeout=60)
+    if probe.returncode == 0:
+        return "auto"
+    progress(f"starting a local Ray cluster ({cfg.serving.cluster_cpus} logical CPUs)")
+    proc = subprocess.run(
+        [str(bin_dir / "ray"), "start", "--head", f"--num-cpus={cfg.serving.cluster_cpus}",
+         "--disable-usage-stats", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         "--metrics-export-port=8080"],
+        capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise ServeError(f"`ray start --head` failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return "auto"
+
+
+def wait_ready(s: ServingConfig, timeout_s: float, progress: Callable[[str], None] = print) -> dict[str, float]:
+    """Wait until /v1/models lists every model and each answers a one-token request.
+
+    Returns seconds until each model first answered. Raises ServeError naming the models that did
+    not, with Serve's own status, once ``timeout_s`` has passed.
+    """
+    url, hdrs = base_url(s), headers(s)
+    start = time.time()
+    ready: dict[str, float] = {}
+    last_error = ""
+    with httpx.Client(timeout=30) as client:
+        while time.time() - start < timeout_s:
+            try:
+                listed = {m["id"] for m in client.get(f"{url}/v1/models", headers=hdrs).json().get("data", [])}
+                for model in s.models:
+                    if model in ready or model not in listed:
+                        continue
+                    r = client.post(f"{url}/v1/chat/completions", headers=hdrs, json={
+                        "model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]})
+                    if r.status_code == 200:
+                        ready[model] = round(time.time() - start, 1)
+                        progress(f"model {model} ready after {ready[model]:.0f} s")
+                    else:
+                        last_error = f"{model}: HTTP {r.status_code} {r.text[:200]}"
+                if len(ready) == len(s.models):
+                    return ready
+            except (httpx.HTTPError, ValueError) as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+            time.sleep(2)
+    missing = [m for m in s.models if m not in ready]
+    raise ServeError(f"models {missing} not ready after {timeout_s:.0f} s at {url} (last error: {last_error}); "
+                     f"Serve status:\n{status_text()}")
+
+
+def status_text() -> str:
+    try:
+        from ray import serve
+
+        st = serve.status()
+        lines = []
+        for name, a in st.applications.items():
+            lines.append(f"application {name}: {a.status} {a.message[:300]}")
+            for dname, d in a.deployments.items():
+                lines.append(f"  {dname}: {d.status} {dict(d.replica_states)} {d.message[:300]}")
+        return "\n".join(lines) or "no applications"
+    except Exception as exc:  # noqa: BLE001 - status is diagnostic, never the failure itself
+        return f"(serve status unavailable: {exc})"
+
+
+def up(cfg: ExperimentConfig, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Deploy every configured model on one endpoint and wait until each answers."""
+    import ray
+    from ray import serve
+
+    from app.serving.builder import ServeAppArgs, build_app
+
+    s = cfg.serving
+    args = ServeAppArgs(home=str(cfg.paths.resolved_home()), serving=s).model_dump(mode="json")
+    application = build_app(args)  # fails here, before deploying, on bad args or missing models
+    address = cluster_address(cfg, progress)
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False)
+    serve.start(http_options={"host": s.host, "port": s.port})
+    progress(f"deploying {', '.join(s.models)} at {base_url(s)}")
+    started = time.time()
+    serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
+    ready = wait_ready(s, s.ready_timeout_s, progress)
+    return {"url": base_url(s), "models": s.models, "ready_after_s": ready,
+            "deploy_seconds": round(time.time() - started, 1)}
+
+
+def down(cfg: ExperimentConfig) -> bool:
+    import ray
+    from ray import serve
+
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError):
+        return False
+    serve.delete(APP_NAME)
+    return True
