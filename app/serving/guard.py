@@ -168,7 +168,8 @@ class RequestGuard:
                 more = message.get("more_body", False)
             raw = b"".join(chunks)
             if size > self.limits.max_body_bytes:
-                problem = Rejection(413, f"request body is over {self.limits.max_body_bytes} bytes", "body_too_large")
+                problem = Rejection(413, f"request body exceeds the limit of {self.limits.max_body_bytes} bytes",
+                                    "body_too_large")
             else:
                 problem = check_body(path, raw, self.known_models, self.limits)
             if problem is None:

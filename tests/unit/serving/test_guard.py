@@ -100,6 +100,7 @@ def test_middleware_replays_good_body_and_answers_bad_itself():
     assert json.loads(sent[1]["body"])["error"]["code"] == "model_not_found"
     sent = run_asgi(guard, "/v1/chat/completions", b"y" * 5000, chunks=3)
     assert sent[0]["status"] == 413
+    assert "exceeds the limit of 2000 bytes" in json.loads(sent[1]["body"])["error"]["message"]
 
 
 def test_split_cores_disjoint():
