@@ -90,12 +90,15 @@ def status_text() -> str:
     try:
         from ray import serve
 
+        def text(status: Any) -> str:  # Serve's status enums print as "ApplicationStatus.RUNNING"
+            return str(getattr(status, "value", status))
+
         st = serve.status()
         lines = []
         for name, a in st.applications.items():
-            lines.append(f"application {name}: {a.status} {a.message[:300]}")
+            lines.append(f"application {name}: {text(a.status)} {a.message[:300]}".rstrip())
             for dname, d in a.deployments.items():
-                lines.append(f"  {dname}: {d.status} {dict(d.replica_states)} {d.message[:300]}")
+                lines.append(f"  {dname}: {text(d.status)} {dict(d.replica_states)} {d.message[:300]}".rstrip())
         return "\n".join(lines) or "no applications"
     except Exception as exc:  # noqa: BLE001 - status is diagnostic, never the failure itself
         return f"(serve status unavailable: {exc})"

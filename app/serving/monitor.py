@@ -90,7 +90,8 @@ def render(stats: dict[str, Any]):
     table = Table(title=f"serving (Serve queue: {stats['serve_queued']:.0f})")
     cols = ["running", "waiting", "kv_cache_usage", "requests_per_s", "output_tokens_per_s",
             "mean_ttft_ms", "mean_tpot_ms", "mean_e2e_ms", "requests_total"]
-    table.add_column("model")
+    # Never truncate model ids: they are what people look for in this table.
+    table.add_column("model", no_wrap=True, min_width=max([5, *map(len, stats["models"])]))
     for c in cols:
         table.add_column(c.replace("_", " "), justify="right")
     for model, m in sorted(stats["models"].items()):
