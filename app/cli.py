@@ -261,12 +261,10 @@ def serve_up(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 @handled
 def serve_status(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Serve's view of the application, its deployments and replicas."""
-    import ray
+    from app.serving.manager import attach, status_text
 
-    from app.serving.manager import status_text
-
-    cfg = _load(config, set_)
-    ray.init(address=cfg.ray.address or "auto", log_to_driver=False)
+    if not attach(_load(config, set_)):
+        fail("no Ray cluster running (start one with `app serve up` or `ray start --head`)")
     console.print(status_text(), highlight=False, markup=False)
 
 

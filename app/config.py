@@ -33,6 +33,10 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names each field and the rule it broke."""
 
 
+def _duplicates(items: list[str]) -> list[str]:
+    return sorted({m for m in items if items.count(m) > 1})
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -125,7 +129,7 @@ class LoraConfig(_Section):
     @field_validator("target_modules")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
-        dupes = sorted({m for m in v if v.count(m) > 1})
+        dupes = _duplicates(v)
         if dupes:
             raise ValueError(f"duplicate target modules: {dupes}")
         return v
@@ -219,7 +223,7 @@ class ServingConfig(_Section):
     def _replicas(self) -> ServingConfig:
         if self.autoscaling and self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
-        dupes = sorted({m for m in self.models if self.models.count(m) > 1})
+        dupes = _duplicates(self.models)
         if dupes:
             raise ValueError(f"models listed twice: {dupes}")
         return self

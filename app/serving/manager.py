@@ -128,14 +128,22 @@ def up(cfg: ExperimentConfig, progress: Callable[[str], None] = print) -> dict[s
             "deploy_seconds": round(time.time() - started, 1)}
 
 
-def down(cfg: ExperimentConfig) -> bool:
+def attach(cfg: ExperimentConfig) -> bool:
+    """Join the running cluster (configured, RAY_ADDRESS, or local); False when there is none."""
     import ray
-    from ray import serve
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
     try:
         ray.init(address=address, log_to_driver=False)
     except (ConnectionError, RuntimeError):
+        return False
+    return True
+
+
+def down(cfg: ExperimentConfig) -> bool:
+    from ray import serve
+
+    if not attach(cfg):
         return False
     serve.delete(APP_NAME)
     return True
