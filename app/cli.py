@@ -274,7 +274,7 @@ def serve_down(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Remove the application (the Ray cluster stays; `ray stop` ends it)."""
     from app.serving.manager import down
 
-    console.print("removed" if down(_load(config, set_)) else "no Ray cluster running")
+    console.print("removed" if down(_load(config, set_)) else "nothing to remove: no Ray cluster or no Serve on it")
 
 
 @serve_app.command("stats")

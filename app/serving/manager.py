@@ -142,8 +142,12 @@ def attach(cfg: ExperimentConfig) -> bool:
 
 def down(cfg: ExperimentConfig) -> bool:
     from ray import serve
+    from ray.serve.exceptions import RayServeException
 
     if not attach(cfg):
         return False
-    serve.delete(APP_NAME)
+    try:
+        serve.delete(APP_NAME)
+    except RayServeException:  # Serve never started on this cluster: nothing to remove
+        return False
     return True
