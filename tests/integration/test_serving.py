@@ -8,6 +8,7 @@ serving; the API key; monitoring.
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import httpx
 import pytest
@@ -103,3 +104,55 @@ def test_status_and_stats(served):
     assert proc.returncode == 0, proc.stderr
     for model in served["models"]:
         assert model in proc.stdout
+
+
+
+def test_ray_dashboard_llm_panels_have_data(served):
+    """Ray writes Grafana dashboards for its own dashboard's Metrics view; the Serve LLM one must find
+    every engine metric it charts (TTFT, TPOT, latency, KV cache, queue, throughput) in our export.
+    NIXL, swapping, external prefix caches and KV offload do not apply to one CPU engine."""
+    import re
+
+    from app.serving.monitor import scrape
+
+    dash = Path("/tmp/ray/session_latest/metrics/grafana/dashboards/serve_llm_grafana_dashboard.json")
+    charted = {n for n in re.findall(r"ray_vllm_[a-z0-9_]+", dash.read_text())
+               if not re.search("nixl|swapped|offload|external", n) and n != "ray_vllm_e"}
+    exported = {name for name, _, _ in scrape("http://127.0.0.1:8080/metrics")}
+    assert len(charted) > 15 and charted <= exported, sorted(charted - exported)
+
+def test_sweep_measures_batching_and_writes_the_winner(served, mlflow_uri, home):
+    """Runs last: the sweep replaces the module's deployment with its own trial and removes it."""
+    import mlflow
+    import yaml
+
+    sets = served["sets"] + [
+        "--set", "serve_sweep.include_vllm_defaults=false", "--set", "serve_sweep.include_current=false",
+        "--set", "serve_sweep.trials=[{max_num_seqs: 8}]", "--set", "serve_sweep.concurrencies=[1, 4]",
+        "--set", "serve_sweep.requests_per_level=2", "--set", "serve_sweep.min_requests=4",
+        "--set", "serve_sweep.max_tokens=24", "--set", "serve_sweep.warmup_requests=2",
+        "--set", "serve_sweep.slo_p95_ttft_ms=120000", "--set", "serve_sweep.slo_p95_tpot_ms=null",
+        "--set", "tracking.uri=" + mlflow_uri]
+    out = home / "tuned.yaml"
+    proc = run_cli("app", "serve", "sweep", *sets, "--write", str(out), env=served["env"], timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:proc.stdout.rindex("}") + 1])
+    assert result["winner"] == "max_num_seqs=8" and result["tuned_overrides"] == {"max_num_seqs": 8}
+    points = json.loads((Path(result["out_dir"]) / "points.json").read_text())
+    by_c = {p["concurrency"]: p for p in points}
+    assert all(p["failed"] == 0 and p["slo_met"] for p in points)
+    # Continuous batching: four requests in flight finish more tokens per second than one.
+    assert by_c[4]["output_throughput"] > 1.2 * by_c[1]["output_throughput"], points
+    assert result["at_concurrency"] == 4 and result["best_under_slo"] == pytest.approx(
+        by_c[4]["output_throughput"], rel=1e-3)
+    # The winner comes back as a Serve config for every served model, with the tuned value.
+    doc = yaml.safe_load(out.read_text())
+    args = doc["applications"][0]["args"]["serving"]
+    assert args["max_num_seqs"] == 8 and args["models"] == served["models"]
+    client = mlflow.MlflowClient(mlflow_uri)
+    run = client.get_run(result["run_id"])
+    assert run.data.tags["winner"] == "max_num_seqs=8" and "tuned.max_num_seqs" in run.data.params
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert len(children) == 1
+    history = client.get_metric_history(children[0].info.run_id, "output_throughput")
+    assert sorted(m.step for m in history) == [1, 4]
