@@ -115,6 +115,13 @@ def test_ray_dashboard_llm_panels_have_data(served):
 
     from app.serving.monitor import scrape
 
+    # The cache-hit panel has data once a prompt's prefix was served before: send one twice.
+    again = {"model": served["models"][0], "max_tokens": 2,
+             "messages": [{"role": "user", "content": "Repeat after me. " + "alpha beta gamma " * 200}]}
+    with httpx.Client(timeout=120) as h:
+        for _ in range(2):
+            r = h.post(f"{served['url']}/v1/chat/completions", json=again, headers={"Authorization": f"Bearer {KEY}"})
+            assert r.status_code == 200, r.text[:300]
     dash = Path("/tmp/ray/session_latest/metrics/grafana/dashboards/serve_llm_grafana_dashboard.json")
     charted = {n for n in re.findall(r"ray_vllm_[a-z0-9_]+", dash.read_text())
                if not re.search("nixl|swapped|offload|external", n) and n != "ray_vllm_e"}
