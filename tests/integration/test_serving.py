@@ -8,6 +8,7 @@ serving; the API key; monitoring.
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -125,7 +126,12 @@ def test_ray_dashboard_llm_panels_have_data(served):
     dash = Path("/tmp/ray/session_latest/metrics/grafana/dashboards/serve_llm_grafana_dashboard.json")
     charted = {n for n in re.findall(r"ray_vllm_[a-z0-9_]+", dash.read_text())
                if not re.search("nixl|swapped|offload|external", n) and n != "ray_vllm_e"}
-    exported = {name for name, _, _ in scrape("http://127.0.0.1:8080/metrics")}
+    # Ray's metrics agent exports what the engine recorded every few seconds: poll a little.
+    for _ in range(30):
+        exported = {name for name, _, _ in scrape("http://127.0.0.1:8080/metrics")}
+        if charted <= exported:
+            break
+        time.sleep(2)
     assert len(charted) > 15 and charted <= exported, sorted(charted - exported)
 
 def test_sweep_measures_batching_and_writes_the_winner(served, mlflow_uri, home):
