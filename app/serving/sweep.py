@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import yaml
 
-from app.config import ExperimentConfig, ServeSweepConfig, ServingConfig, VLLM_DEFAULTS
+from app.config import ExperimentConfig, ServeSweepConfig, ServingConfig
 from app.serving.loadgen import benchmark_prompts, run_load, summarize
 
 POINT_KEYS = ("output_throughput", "request_throughput", "p50_ttft_ms", "p95_ttft_ms", "p95_tpot_ms",
@@ -72,6 +72,11 @@ def changed_fields(s: ServingConfig, base: ServingConfig) -> dict[str, Any]:
 def max_objective(t: TrialResult, sw: ServeSweepConfig) -> float:
     """The trial's highest throughput at any level, SLO or not (its saturation point)."""
     return max((p[sw.objective] for p in t.points), default=0.0)
+
+
+def trial_overrides(serving: ServingConfig, cfg: ExperimentConfig) -> dict[str, Any]:
+    """What a trial changes in the configured serving section (the model list aside)."""
+    return changed_fields(serving, cfg.serving.model_copy(update={"models": serving.models}))
 
 
 def pick_winner(trials: list[TrialResult]) -> TrialResult | None:
@@ -151,7 +156,7 @@ def run_trial(name: str, serving: ServingConfig, cfg: ExperimentConfig,
 
 def tuned_serving(cfg: ExperimentConfig, winner: TrialResult) -> ServingConfig:
     """The configured serving section with the winner's tuned fields (all models kept)."""
-    tuned = changed_fields(winner.serving, cfg.serving.model_copy(update={"models": winner.serving.models}))
+    tuned = trial_overrides(winner.serving, cfg)
     if len(cfg.serving.models) > 1 and tuned.get("cpu_threads_bind") not in (None, "split", "auto", "nobind"):
         # Measured on one model: pinning several engines to the same cores slows all of them.
         tuned.pop("cpu_threads_bind")
@@ -215,7 +220,7 @@ def run_sweep(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_o
         per_round: dict[str, list[TrialResult]] = {name: [] for name, _ in trials}
         for rnd in range(1, sw.rounds + 1):
             for i, (name, serving) in enumerate(trials, 1):
-                diff = changed_fields(serving, cfg.serving.model_copy(update={"models": serving.models}))
+                diff = trial_overrides(serving, cfg)
                 progress(f"[round {rnd}/{sw.rounds}, trial {i}/{len(trials)}] {name}: "
                          f"{json.dumps(diff) if diff else 'the serving section as configured'}")
                 per_round[name].append(run_trial(name, serving, cfg, progress))
@@ -293,4 +298,4 @@ def run_sweep(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_o
         return summary
 
 
-__all__ = ["run_sweep", "pick_winner", "slo_violations", "score_point", "changed_fields", "VLLM_DEFAULTS"]
+__all__ = ["run_sweep", "pick_winner", "slo_violations", "score_point", "changed_fields"]
