@@ -1,0 +1,295 @@
+"""QA pairs the documents already contain: FAQ blocks, question headings and definition lists.
+
+They cost no model call and their answers are the authors' own words, so they are the most
+trustworthy pairs the dataset has. Each pair keeps the exact slice of the normalized text it came
+from (``text[start:end] == evidence``); the answer is that slice's answer part with its whitespace
+collapsed, so ``" ".join(answer.split())`` is always contained in ``" ".join(evidence.split())``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+from app.data.formats import ATX_HEADING, fence_state, headings
+from app.data.schema import normalize_text
+
+KINDS = ("faq", "heading_question", "definition")
+MAX_ANSWER_CHARS = 500
+MIN_ANSWER_WORDS = 3
+
+_BOLD = r"(?:\*\*|__)?"
+_Q = re.compile(rf"^ {{0,3}}{_BOLD}(?:Q|Question)[ \t]*:{_BOLD}[ \t]*", re.I)
+_A = re.compile(rf"^ {{0,3}}{_BOLD}(?:A|Answer)[ \t]*:{_BOLD}[ \t]*", re.I)
+_DEF = re.compile(r"^ {0,3}:[ \t]+(?=\S)")
+_SKIPPED = re.compile(r"^(?: {4}|\t| {0,3}!\[)")  # indented code, images
+_NOT_PROSE = re.compile(r"^ {0,3}(?:[-*+][ \t]|\d+[.)][ \t]|\||<|>)")  # lists, tables, HTML, quotes
+# A sentence ends at . ! ? (and closing quotes/brackets) before a word that does not start in lower
+# case: "e.g. this" does not end one, "Return x. If y" does.
+_SENTENCE_END = re.compile(r"[.!?][)\]\"'’”]*(?=\s+[^a-z\s])")
+_PREFIXES = ("class", "exception", "classmethod", "staticmethod", "abstractmethod", "async", "method", "function")
+_CALL = re.compile(rf"^(?:({'|'.join(_PREFIXES)})\s+)?([A-Za-z_][\w.]*)\s*\((?:.*)\)\s*(?:->.*)?$")
+_NAME = re.compile(rf"^(?:({'|'.join(_PREFIXES)})\s+)?([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*)$")
+_VAGUE_TITLES = {"glossary", "faq", "faqs", "definitions", "terms", "terminology", "index", "readme", "notes"}
+
+
+@dataclass(frozen=True)
+class ExtractedPair:
+    question: str
+    answer: str
+    evidence: str
+    start: int
+    end: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class _Line:
+    start: int
+    text: str
+    code: bool  # inside a fenced code block, or one of its fences
+
+    @property
+    def blank(self) -> bool:
+        return not self.text.strip()
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.text)
+
+
+def extract_pairs(text: str, title: str = "", kinds: Iterable[str] = KINDS) -> list[ExtractedPair]:
+    """All pairs of the wanted kinds in `text` (normalized, see app.data.formats), by start offset, deduplicated."""
+    wanted = set(kinds)
+    unknown = wanted - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown extraction kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+    lines = _lines(text)
+    found: list[ExtractedPair] = []
+    if "faq" in wanted:
+        found += _faq_pairs(text, lines)
+    if "heading_question" in wanted:
+        found += _heading_pairs(text, lines)
+    if "definition" in wanted:
+        found += _definition_pairs(text, lines, title)
+    return _dedupe(sorted(found, key=lambda p: (p.start, p.end, p.kind)))
+
+
+def _lines(text: str) -> list[_Line]:
+    out: list[_Line] = []
+    fence = ""
+    offset = 0
+    for line in text.split("\n"):
+        after = fence_state(line, fence)
+        out.append(_Line(offset, line, bool(fence or after)))
+        fence = after
+        offset += len(line) + 1
+    return out
+
+
+def _is_heading(line: _Line) -> bool:
+    return not line.code and bool(ATX_HEADING.match(line.text))
+
+
+def _ends_block(line: _Line) -> bool:
+    return line.blank or line.code or _is_heading(line)
+
+
+# --- the three kinds ---------------------------------------------------------------------------------
+
+def _faq_pairs(text: str, lines: list[_Line]) -> list[ExtractedPair]:
+    """`Q:` line(s), then (after at most one blank line) `A:` and its block, up to a blank line or the next Q."""
+    pairs: list[ExtractedPair] = []
+    i = 0
+    while i < len(lines):
+        qm = None if lines[i].code else _Q.match(lines[i].text)
+        if not qm:
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and not _ends_block(lines[j]) and not _A.match(lines[j].text) \
+                and not _Q.match(lines[j].text):
+            j += 1
+        if j + 1 < len(lines) and lines[j].blank and not lines[j + 1].code and _A.match(lines[j + 1].text):
+            j += 1
+        am = _A.match(lines[j].text) if j < len(lines) and not lines[j].code else None
+        if not am:
+            i = max(j, i + 1)
+            continue
+        k = j + 1
+        while k < len(lines) and not _ends_block(lines[k]) and not _Q.match(lines[k].text):
+            k += 1
+        question = _unbold(_collapse(text[lines[i].start + qm.end():lines[j].start]))
+        pair = _pair(text, "faq", question, lines[i].start, lines[j].start + am.end(), lines[k - 1].end)
+        if pair:
+            pairs.append(pair)
+        i = k
+    return pairs
+
+
+def _heading_pairs(text: str, lines: list[_Line]) -> list[ExtractedPair]:
+    """A heading that asks a question, answered by the first prose paragraph beneath it."""
+    index = {line.start: n for n, line in enumerate(lines)}
+    pairs: list[ExtractedPair] = []
+    for offset, _, title in headings(text):
+        question = _unbold(re.sub(r"^(?:\*\*|__)?(?:Q|Question)\s*:\s*", "", title, flags=re.I))
+        if not question.endswith("?"):
+            continue
+        block = _first_prose(lines, index[offset] + 1)
+        if block:
+            first, last = block
+            pair = _pair(text, "heading_question", question, offset, lines[first].start, lines[last].end)
+            if pair:
+                pairs.append(pair)
+    return pairs
+
+
+def _first_prose(lines: list[_Line], i: int) -> tuple[int, int] | None:
+    """(first, last) line of the first paragraph from line i, code skipped, before the next heading.
+    None when that paragraph is a list or table, or only introduces one ("as follows:"): collapsed
+    into one line they read badly as an answer."""
+    while i < len(lines) and not _is_heading(lines[i]):
+        if lines[i].blank or lines[i].code:
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(lines) and not _ends_block(lines[j + 1]):
+            j += 1
+        if not _SKIPPED.match(lines[i].text):
+            prose = not _NOT_PROSE.match(lines[i].text) and not lines[j].text.rstrip().endswith(":")
+            return (i, j) if prose else None
+        i = j + 1
+    return None
+
+
+def _definition_pairs(text: str, lines: list[_Line], title: str) -> list[ExtractedPair]:
+    """`term` on its own line, then `: definition` (directly or after one blank line)."""
+    pairs: list[ExtractedPair] = []
+    for i, line in enumerate(lines):
+        if _ends_block(line) or _DEF.match(line.text) or _NOT_PROSE.match(line.text) \
+                or _SKIPPED.match(line.text):
+            continue
+        if i > 0 and not (lines[i - 1].blank or _is_heading(lines[i - 1])):
+            continue
+        j = i + 2 if i + 2 < len(lines) and lines[i + 1].blank else i + 1
+        dm = _DEF.match(lines[j].text) if j < len(lines) and not lines[j].code else None
+        if not dm:
+            continue
+        k = j + 1
+        while k < len(lines) and not _ends_block(lines[k]) and not _DEF.match(lines[k].text):
+            k += 1
+        question = term_question(line.text, title)
+        pair = _pair(text, "definition", question, line.start, lines[j].start + dm.end(), lines[k - 1].end)
+        if pair:
+            pairs.append(pair)
+    return pairs
+
+
+# --- wording -------------------------------------------------------------------------------------------
+
+def term_question(term: str, title: str = "") -> str:
+    """The question a definition answers, worded from its term: code gets code questions."""
+    bare, code = _unquote(term)
+    call = _CALL.match(bare)
+    if call and (code or call.group(1) or _plain_callable(call.group(2))):
+        return _code_question(call.group(1), call.group(2), callable_=True)
+    name = _NAME.match(bare) if code else None
+    if name:
+        return _code_question(name.group(1), name.group(2), callable_=False)
+    if title and _adds_context(title, bare):
+        return f"In {title}, what is {bare}?"
+    return f"What is {bare}?"
+
+
+def _code_question(prefix: str | None, name: str, callable_: bool) -> str:
+    last = name.rsplit(".", 1)[-1]
+    if prefix == "exception" or re.search(r"(Error|Exception|Warning)$", last):
+        return f"What is the `{name}` exception for?"
+    if prefix == "class" or (callable_ and last[:1].isupper() and not last.isupper()):
+        return f"What is the `{name}` class for?"
+    if callable_:
+        return f"What does `{name}()` do?"
+    return f"What is `{name}`?"
+
+
+def _plain_callable(name: str) -> bool:
+    """Without backticks, `join(a, *p)` is code but `API(s)` is prose."""
+    return "." in name or "_" in name or name[:1].islower()
+
+
+def _unquote(term: str) -> tuple[str, bool]:
+    """The term without emphasis, backticks and a trailing colon, and whether it was code."""
+    t = _unbold(term.strip()).rstrip(":").strip()
+    m = re.fullmatch(r"(`+)\s*(.*?)\s*\1", t)
+    if m:
+        return m.group(2), True
+    m = re.fullmatch(rf"({'|'.join(_PREFIXES)})\s+(`+)\s*(.*?)\s*\2", t)
+    if m:
+        return f"{m.group(1)} {m.group(3)}", True
+    return t, False
+
+
+def _adds_context(title: str, term: str) -> bool:
+    """A short, lower-case term ("replica") is ambiguous on its own; a specific title disambiguates it."""
+    t, low = title.strip(), term.lower()
+    if t.lower() in _VAGUE_TITLES or low in t.lower() or t.lower() in low:
+        return False
+    words = term.split()
+    return len(words) <= 3 and term[1:] == term[1:].lower() and not any(c.isdigit() for c in term)
+
+
+# --- answers -------------------------------------------------------------------------------------------
+
+def _pair(text: str, kind: str, question: str, start: int, a_start: int, a_end: int) -> ExtractedPair | None:
+    """A pair whose evidence runs from `start` to the end of the (possibly shortened) answer."""
+    while a_start < a_end and text[a_start].isspace():
+        a_start += 1
+    end = a_start + _cut(text[a_start:a_end])
+    answer = _unbold(_collapse(text[a_start:end]))
+    if not question or len(answer.split()) < MIN_ANSWER_WORDS:
+        return None
+    return ExtractedPair(question=question, answer=answer, evidence=text[start:end], start=start, end=end, kind=kind)
+
+
+def _cut(raw: str, limit: int = MAX_ANSWER_CHARS) -> int:
+    """Length of the prefix of `raw` to keep: whole sentences up to `limit` collapsed characters; a first
+    sentence up to twice that; else the words that fit (rare: one very long sentence)."""
+    raw = raw.rstrip()
+    if len(_collapse(raw)) <= limit:
+        return len(raw)
+    ends = [m.end() for m in _SENTENCE_END.finditer(raw)]
+    fitting = [e for e in ends if len(_collapse(raw[:e])) <= limit]
+    if fitting:
+        return fitting[-1]
+    if ends and len(_collapse(raw[:ends[0]])) <= 2 * limit:
+        return ends[0]
+    spaces = [m.start() for m in re.finditer(r"\s", raw) if len(_collapse(raw[:m.start()])) <= limit]
+    return spaces[-1] if spaces else limit
+
+
+def _collapse(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _unbold(text: str) -> str:
+    """Drop emphasis markers left dangling at either end ("**Q: Why?**" leaves "Why?**")."""
+    for mark in ("**", "__"):
+        if text.endswith(mark) and text.count(mark) % 2:
+            text = text[: -len(mark)].rstrip()
+        if text.startswith(mark) and text.count(mark) % 2:
+            text = text[len(mark):].lstrip()
+        if text.startswith(mark) and text.endswith(mark) and text.count(mark) == 2 and len(text) > 4:
+            text = text[len(mark):-len(mark)].strip()
+    return text
+
+
+def _dedupe(pairs: list[ExtractedPair]) -> list[ExtractedPair]:
+    seen: set[tuple[str, str]] = set()
+    out: list[ExtractedPair] = []
+    for p in pairs:
+        key = (normalize_text(p.question), normalize_text(p.answer))
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out

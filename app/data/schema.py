@@ -1,0 +1,36 @@
+"""The record every stage passes on: one QA pair with its source, as a flat dict (a Ray Data row).
+
+Keys (all strings unless noted):
+    pair_id        stable id: hash of (generator, chunk_id, original question); survives rebuilds
+    question, answer
+    evidence       the passage of the source chunk that supports the answer ("" when the generator gave none)
+    generator      "llm" | "faq" | "heading_question" | "definition" | "review" (added by a reviewer)
+    origin         free text: the model id for llm pairs, the extraction rule otherwise
+    doc_id, doc_path, doc_title, section   the source document and the heading path inside it
+    chunk_id, context   the source chunk (context = its text, what the model sees at training time)
+    topic          the stratification label
+Quality columns added by app.data.quality: score_* floats, accepted (bool), reject_reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+class DatasetError(RuntimeError):
+    """The dataset cannot be built as configured; the message says what to change."""
+
+
+GENERATORS = ("llm", "faq", "heading_question", "definition", "review")
+PAIR_KEYS = ("pair_id", "question", "answer", "evidence", "generator", "origin", "doc_id", "doc_path", "doc_title",
+             "section", "chunk_id", "context", "topic")
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, collapse whitespace and strip punctuation at the ends: the key of exact duplicates."""
+    return re.sub(r"\s+", " ", text.lower()).strip(" \t\n.?!:;,")
+
+
+def pair_id(generator: str, chunk_id: str, question: str) -> str:
+    key = f"{generator}\x1f{chunk_id}\x1f{normalize_text(question)}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
