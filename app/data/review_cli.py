@@ -1,0 +1,138 @@
+"""``app dataset review ...``: the review web app, offline review files, and review statistics.
+
+app.cli is imported inside the functions only: app.cli mounts ``review_app``, so a module-level import
+would be circular.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+review_app = typer.Typer(help="Human review and correction of the dataset's QA pairs.", no_args_is_help=True)
+
+# The same options as app.cli's ConfigOpt / SetOpt (defined here to avoid importing app.cli at import time).
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment YAML (default: built-in defaults).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override, e.g. --set training.lr=1e-4 (repeatable).")]
+
+
+def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """app.cli's error handling plus ReviewError: a clear message and exit code 1, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from rich.markup import escape
+
+        from app.cli import fail, handled
+        from app.data.review import ReviewError
+
+        try:
+            return handled(fn)(*args, **kwargs)
+        except ReviewError as exc:
+            fail(escape(str(exc)))  # messages quote user text: no Rich markup in it
+
+    return wrapper
+
+
+def _store(config: Path | None, set_: list[str] | None):
+    from app.cli import _load
+    from app.data.review import ReviewStore
+
+    cfg = _load(config, set_)
+    return ReviewStore(cfg.data.review_url(cfg.paths.resolved_home()))
+
+
+@review_app.command("serve")
+@_handled
+def review_serve(config: ConfigOpt = None, set_: SetOpt = None,
+                 host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: all)."),
+                 port: int = typer.Option(8765, min=1, max=65535, help="TCP port.")) -> None:
+    """Serve the review page and its JSON API until Ctrl-C."""
+    from app.cli import console
+    from app.data.review_web import serve
+
+    store = _store(config, set_)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    console.print(f"review database: {store.url}", highlight=False, markup=False)
+    console.print(f"review page: http://{shown}:{port}/", highlight=False, markup=False)
+    serve(store, host, port)
+
+
+@review_app.command("export")
+@_handled
+def review_export(path: Path, config: ConfigOpt = None, set_: SetOpt = None,
+                  status: Optional[str] = typer.Option(None, help="Only items of this status "
+                                                                  "(pending, approved, edited, rejected).")) -> None:
+    """Write the items to a JSONL file for offline review (edit it, then `import` it)."""
+    from app.cli import console
+
+    n = _store(config, set_).export_jsonl(path, status=status)
+    console.print(f"exported {n} items to {path}", highlight=False, markup=False)
+
+
+@review_app.command("import")
+@_handled
+def review_import(path: Path, config: ConfigOpt = None, set_: SetOpt = None,
+                  reviewer: Optional[str] = typer.Option(None, help="Reviewer recorded for every change "
+                                                                    "(else each line's `reviewer`).")) -> None:
+    """Apply a reviewed JSONL file: all lines are checked first, then applied together or not at all."""
+    from app.cli import console
+
+    counts = _store(config, set_).import_jsonl(path, reviewer=reviewer)
+    console.print(f"imported {path}: {counts['changed']} changed, {counts['unchanged']} unchanged "
+                  f"({counts['lines']} lines)", highlight=False, markup=False)
+
+
+@review_app.command("stats")
+@_handled
+def review_stats(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Items by status, by generator and by topic."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from app.cli import console
+    from app.data.review import STATUSES
+
+    stats = _store(config, set_).stats()
+    by_status = stats["by_status"]
+    console.print(f"{stats['total']} items, {stats['events']} review events: "
+                  + ", ".join(f"{s} {by_status[s]}" for s in STATUSES), highlight=False, markup=False)
+    for title, key in (("generator", "by_generator"), ("topic", "by_topic")):
+        if not stats[key]:
+            continue
+        table = Table(title, *STATUSES, "total")
+        for name, counts in stats[key].items():
+            table.add_row(Text(name or "-"), *(str(counts[s]) for s in STATUSES), str(sum(counts.values())))
+        console.print(table)
+
+
+@review_app.command("show")
+@_handled
+def review_show(pair_id: str, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """One item and its full review history."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from app.cli import console
+
+    store = _store(config, set_)
+    item, history = store.get(pair_id), store.history(pair_id)
+    table = Table("field", "value", show_header=False)
+    for key, value in item.items():
+        table.add_row(key, Text("" if value is None else str(value)))
+    console.print(table)
+    if not history:
+        console.print("no review events", highlight=False, markup=False)
+        return
+    events = Table("when (UTC)", "reviewer", "action", "status", "change", "note", title="history")
+    for ev in history:
+        change = []
+        for field in ("question", "answer"):
+            if ev[f"{field}_before"] != ev[f"{field}_after"]:
+                change.append(f"{field}: {ev[f'{field}_before']!r} -> {ev[f'{field}_after']!r}")
+        events.add_row(ev["created_at"], Text(ev["reviewer"]), ev["action"],
+                       f"{ev['status_before']} -> {ev['status_after']}", Text("\n".join(change)), Text(ev["note"]))
+    console.print(events)

@@ -1,0 +1,398 @@
+"""The review web app: one server-rendered page to approve, edit or reject QA pairs, and a JSON API.
+
+Pages:
+    /                  the next item matching the filters (?status=pending&topic=...&after=<pair_id>)
+    /item/{pair_id}    one item with its full history
+API:
+    GET  /api/items?status=&topic=&generator=&limit=&offset=   {"items": [...], "total", "limit", "offset"}
+    GET  /api/items/{id}            the item
+    GET  /api/items/{id}/history    its events, oldest first
+    POST /api/items/{id}/review     {reviewer, action, question?, answer?, note?} -> the item
+    GET  /api/next?status=&topic=&after=   the next item or null
+    GET  /api/stats
+Errors are {"error": message}: 400 for bad input, 404 for an unknown pair id.
+
+Plain HTML, inline CSS and a little vanilla JS; everything shown is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import re
+from html import escape
+from typing import Any
+from urllib.parse import quote, unquote, urlencode
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
+
+from app.data.review import STATUSES, ReviewError, ReviewStore, UnknownPairError
+
+
+class ReviewRequest(BaseModel):
+    reviewer: str = ""
+    action: str = ""
+    question: str | None = None
+    answer: str | None = None
+    note: str = ""
+
+
+def _error(status_code: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status_code)
+
+
+def _store_error(exc: ReviewError) -> JSONResponse:
+    return _error(404 if isinstance(exc, UnknownPairError) else 400, str(exc))
+
+
+def _int_param(value: str | None, name: str, default: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ReviewError(f"{name} must be an integer, got {value!r}") from None
+
+
+def create_app(store: ReviewStore) -> FastAPI:
+    app = FastAPI(title="QA pair review", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return _error(400, f"invalid request: {problems}")
+
+    # -- JSON API ---------------------------------------------------------------------------------
+
+    @app.get("/api/items")
+    def api_items(status: str | None = None, topic: str | None = None, generator: str | None = None,
+                  limit: str | None = None, offset: str | None = None) -> Any:
+        try:
+            lim, off = _int_param(limit, "limit", 50), _int_param(offset, "offset", 0)
+            status, topic, generator = status or None, topic or None, generator or None
+            items = store.items(status=status, topic=topic, generator=generator, limit=lim, offset=off)
+            total = store.count(status=status, topic=topic, generator=generator)
+        except ReviewError as exc:
+            return _store_error(exc)
+        return {"items": items, "total": total, "limit": lim, "offset": off}
+
+    @app.get("/api/items/{pair_id}")
+    def api_item(pair_id: str) -> Any:
+        try:
+            return store.get(pair_id)
+        except ReviewError as exc:
+            return _store_error(exc)
+
+    @app.get("/api/items/{pair_id}/history")
+    def api_history(pair_id: str) -> Any:
+        try:
+            return store.history(pair_id)
+        except ReviewError as exc:
+            return _store_error(exc)
+
+    @app.post("/api/items/{pair_id}/review")
+    def api_review(pair_id: str, body: ReviewRequest) -> Any:
+        try:
+            return store.review(pair_id, body.reviewer, body.action, question=body.question, answer=body.answer,
+                                note=body.note)
+        except ReviewError as exc:
+            return _store_error(exc)
+
+    @app.get("/api/next")
+    def api_next(status: str | None = "pending", topic: str | None = None, after: str | None = None) -> Any:
+        try:
+            return store.next_item(_status_filter(status), topic or None, after or None)
+        except ReviewError as exc:
+            return _store_error(exc)
+
+    @app.get("/api/stats")
+    def api_stats() -> Any:
+        return store.stats()
+
+    # -- pages ------------------------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request, status: str | None = "pending", topic: str | None = None,
+              after: str | None = None, msg: str | None = None) -> HTMLResponse:
+        status_value = status if status in (*STATUSES, "all") else "pending"
+        try:
+            item = store.next_item(_status_filter(status_value), topic or None, after or None)
+        except ReviewError as exc:
+            item, msg = None, str(exc)
+        history = store.history(item["pair_id"]) if item else []
+        return HTMLResponse(_page(store, request, item, history, mode="next", status=status_value,
+                                  topic=topic or "", msg=msg or ""))
+
+    @app.get("/item/{pair_id}", response_class=HTMLResponse)
+    def item_page(request: Request, pair_id: str, msg: str | None = None) -> HTMLResponse:
+        try:
+            item, history = store.get(pair_id), store.history(pair_id)
+        except UnknownPairError as exc:
+            return HTMLResponse(_page(store, request, None, [], mode="item", status="all", topic="",
+                                      msg=str(exc), error=True), status_code=404)
+        return HTMLResponse(_page(store, request, item, history, mode="item", status="all", topic="",
+                                  msg=msg or ""))
+
+    return app
+
+
+def serve(store: ReviewStore, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Run the review app with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_app(store), host=host, port=port, log_level="info")
+
+
+def _status_filter(status: str | None) -> str | None:
+    return None if not status or status == "all" else status
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+def highlight(context: str, evidence: str) -> tuple[str, bool]:
+    """The context as HTML with the evidence span in <mark>; found=False when it is not in the context.
+
+    The match ignores case and differences in whitespace.
+    """
+    words = evidence.split()
+    if not words:
+        return escape(context), False
+    match = re.search(r"\s+".join(re.escape(w) for w in words), context, flags=re.IGNORECASE)
+    if match is None:
+        return escape(context), False
+    s, e = match.span()
+    return f"{escape(context[:s])}<mark>{escape(context[s:e])}</mark>{escape(context[e:])}", True
+
+
+def _when(iso: str | None) -> str:
+    """'2026-01-02T03:04:05.123+00:00' -> '2026-01-02 03:04:05' (UTC, to the second)."""
+    return (iso or "")[:19].replace("T", " ")
+
+
+def _h(value: Any) -> str:
+    return escape("" if value is None else str(value))
+
+
+CSS = """
+*{box-sizing:border-box}
+body{margin:0;font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;background:#f4f5f7}
+header{background:#24292f;color:#fff;padding:10px 20px;display:flex;flex-wrap:wrap;gap:14px;align-items:center}
+header h1{font-size:17px;margin:0 12px 0 0}
+header a{color:#fff}
+header label{font-size:13px;opacity:.9}
+header input,header select{padding:4px 6px;border-radius:4px;border:1px solid #57606a;font:inherit}
+#reviewer.missing{outline:3px solid #ff8182}
+.counts{display:flex;gap:6px;flex-wrap:wrap}
+.counts a{text-decoration:none;padding:2px 9px;border-radius:12px;background:#3d444d;font-size:13px}
+.counts a.on{background:#0969da}
+main{max-width:1250px;margin:18px auto;padding:0 16px}
+.card{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:16px 18px;margin-bottom:16px}
+.grid{display:grid;grid-template-columns:minmax(0,1.1fr) minmax(0,1fr);gap:16px}
+@media(max-width:900px){.grid{grid-template-columns:1fr}}
+h2{font-size:15px;margin:0 0 10px}
+label.f{display:block;font-weight:600;font-size:13px;margin:10px 0 4px}
+textarea,input.note{width:100%;font:inherit;padding:8px;border:1px solid #d0d7de;border-radius:6px}
+textarea#question{min-height:70px} textarea#answer{min-height:150px}
+.buttons{display:flex;gap:8px;flex-wrap:wrap;margin-top:12px}
+button{font:inherit;font-weight:600;padding:7px 16px;border-radius:6px;border:1px solid #d0d7de;background:#f6f8fa;cursor:pointer}
+button:disabled{opacity:.5;cursor:wait}
+#approve{background:#1f883d;color:#fff;border-color:#1a7f37}
+#save{background:#0969da;color:#fff;border-color:#0860ca}
+#reject{background:#cf222e;color:#fff;border-color:#a40e26}
+#status-msg{min-height:1.5em;margin:0 0 12px;padding:0}
+#status-msg.ok{color:#1a7f37} #status-msg.error{color:#cf222e;font-weight:600}
+table.meta{border-collapse:collapse;width:100%;font-size:13px}
+table.meta th{text-align:left;color:#57606a;font-weight:500;padding:3px 10px 3px 0;width:9.5em;vertical-align:top}
+table.meta td{padding:3px 0;word-break:break-word}
+.passage{white-space:pre-wrap;font:13px/1.55 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#f6f8fa;
+  border:1px solid #d0d7de;border-radius:6px;padding:10px;max-height:480px;overflow:auto}
+mark{background:#fff3a3;padding:0 1px;border-radius:2px}
+.badge{display:inline-block;padding:0 8px;border-radius:10px;font-size:12px;font-weight:600;background:#eaeef2}
+.badge.pending{background:#fff8c5}.badge.approved{background:#dafbe1}.badge.edited{background:#ddf4ff}
+.badge.rejected{background:#ffebe9}.badge.yes{background:#dafbe1}.badge.no{background:#ffebe9}
+.muted{color:#57606a;font-size:13px}
+table.hist{border-collapse:collapse;width:100%;font-size:13px}
+table.hist th,table.hist td{border-top:1px solid #d0d7de;padding:5px 6px;text-align:left;vertical-align:top}
+del{background:#ffebe9;text-decoration:none} ins{background:#dafbe1;text-decoration:none}
+.empty{text-align:center;padding:40px 10px;font-size:17px}
+code{font-size:12px}
+"""
+
+JS = """
+(function(){
+  const $ = id => document.getElementById(id);
+  const root = $('review-root');
+  const reviewer = $('reviewer');
+  const msg = $('status-msg');
+  function show(text, isError){ msg.textContent = text; msg.className = isError ? 'error' : 'ok'; }
+  function remember(name){
+    try { localStorage.setItem('reviewer', name); } catch (e) {}
+    document.cookie = 'reviewer=' + encodeURIComponent(name) + '; path=/; max-age=31536000; SameSite=Lax';
+  }
+  if (!reviewer.value) { try { reviewer.value = localStorage.getItem('reviewer') || ''; } catch (e) {} }
+  reviewer.addEventListener('change', () => { const n = reviewer.value.trim(); if (n) { remember(n); reviewer.classList.remove('missing'); } });
+  if (!root) return;
+  const pid = root.dataset.pairId, mode = root.dataset.mode;
+  const buttons = Array.from(document.querySelectorAll('.buttons button'));
+  function go(params){ const q = new URLSearchParams(params);
+    location.href = mode === 'item' ? '/item/' + encodeURIComponent(pid) + '?' + q : '/?' + q; }
+  function nextParams(extra){ return Object.assign({status: root.dataset.status, topic: root.dataset.topic, after: pid}, extra); }
+  async function act(action){
+    const name = reviewer.value.trim();
+    if (!name) { reviewer.classList.add('missing'); reviewer.focus();
+      show('Enter your name in the Reviewer field before reviewing.', true); return; }
+    remember(name);
+    const body = {reviewer: name, action: action, note: $('note').value};
+    if (action === 'approve' || action === 'edit') { body.question = $('question').value; body.answer = $('answer').value; }
+    buttons.forEach(b => b.disabled = true); show('Saving\\u2026', false);
+    let resp, data = {};
+    try {
+      resp = await fetch('/api/items/' + encodeURIComponent(pid) + '/review', {method: 'POST',
+        headers: {'Content-Type': 'application/json'}, body: JSON.stringify(body)});
+      data = await resp.json().catch(() => ({}));
+    } catch (e) { show('Network error: ' + e, true); buttons.forEach(b => b.disabled = false); return; }
+    if (!resp.ok) { show(data.error || ('HTTP ' + resp.status), true); buttons.forEach(b => b.disabled = false); return; }
+    const done = {approve: 'Approved', edit: 'Saved the edit of', reject: 'Rejected', reopen: 'Reopened'}[action];
+    go(mode === 'item' ? {msg: done + ' ' + pid + '.'} : nextParams({msg: done + ' ' + pid + '.'}));
+  }
+  const bind = (id, fn) => { const el = $(id); if (el) el.addEventListener('click', fn); };
+  bind('approve', () => act('approve'));
+  bind('save', () => act('edit'));
+  bind('reject', () => act('reject'));
+  bind('reopen', () => act('reopen'));
+  bind('skip', () => go(nextParams({})));
+})();
+"""
+
+
+def _page(store: ReviewStore, request: Request, item: dict | None, history: list[dict], *, mode: str, status: str,
+          topic: str, msg: str, error: bool = False) -> str:
+    stats = store.stats()
+    topics = store.topics()
+    reviewer = unquote(request.cookies.get("reviewer", ""))
+
+    def link(st: str) -> str:
+        return "/?" + urlencode({"status": st, **({"topic": topic} if topic else {})})
+
+    counts = "".join(
+        f'<a id="count-{st}" class="{"on" if st == status and mode == "next" else ""}" href="{_h(link(st))}">'
+        f'{st} <b>{stats["by_status"].get(st, 0) if st != "all" else stats["total"]}</b></a>'
+        for st in (*STATUSES, "all"))
+    status_opts = "".join(f'<option value="{s}"{" selected" if s == status else ""}>{s}</option>'
+                          for s in (*STATUSES, "all"))
+    topic_opts = '<option value="">all topics</option>' + "".join(
+        f'<option value="{_h(t)}"{" selected" if t == topic else ""}>{_h(t) or "(none)"}</option>' for t in topics if t)
+    header = f"""<header>
+<h1><a href="/" style="text-decoration:none">QA pair review</a></h1>
+<label for="reviewer">Reviewer</label>
+<input id="reviewer" name="reviewer" placeholder="your name" autocomplete="name" value="{_h(reviewer)}" required>
+<form id="filters" method="get" action="/" style="display:flex;gap:8px;align-items:center">
+  <label for="filter-status">Status</label>
+  <select id="filter-status" name="status" onchange="this.form.submit()">{status_opts}</select>
+  <label for="filter-topic">Topic</label>
+  <select id="filter-topic" name="topic" onchange="this.form.submit()">{topic_opts}</select>
+  <noscript><button type="submit">Filter</button></noscript>
+</form>
+<nav class="counts">{counts}</nav>
+</header>"""
+    msg_html = f'<p id="status-msg" class="{"error" if error else "ok" if msg else ""}">{_h(msg)}</p>'
+    if item is None:
+        if mode == "item":
+            body = '<div class="card empty">No such item. <a href="/">Back to the review queue</a></div>'
+        else:
+            where = f" in topic {_h(topic)}" if topic else ""
+            body = f'<div class="card empty" id="empty">No {_h(status if status != "all" else "")} items{where}.' \
+                   f' {"Nothing left to review." if status == "pending" else ""}</div>'
+        return _document(header, msg_html + body)
+    return _document(header, msg_html + _item_html(item, history, mode=mode, status=status, topic=topic))
+
+
+def _item_html(item: dict, history: list[dict], *, mode: str, status: str, topic: str) -> str:
+    pid = item["pair_id"]
+    verdict = ('<span class="badge yes">accepted</span>' if item["auto_accepted"] else
+               f'<span class="badge no">rejected</span> {_h(item["reject_reason"])}')
+    reviewed = (f'{_h(item["reviewer"])} <span class="muted">{_h(_when(item["reviewed_at"]))} UTC</span>'
+                if item["reviewer"] else '<span class="muted">not yet</span>')
+    meta_rows = [
+        ("Status", f'<span id="item-status" class="badge {_h(item["status"])}">{_h(item["status"])}</span>'),
+        ("Quality filter", verdict),
+        ("Generator", f'{_h(item["generator"])} <span class="muted">{_h(item["origin"])}</span>'),
+        ("Topic", _h(item["topic"])),
+        ("Document", f'{_h(item["doc_title"])}<br><span class="muted">{_h(item["doc_path"])}</span>'),
+        ("Section", _h(item["section"])),
+        ("Chunk", f'<code>{_h(item["chunk_id"])}</code>'),
+        ("Reviewed by", reviewed),
+        ("Note", f'<span id="item-note">{_h(item["note"])}</span>'),
+        ("Builds", f'first {_h(item["first_seen_build"])}, last {_h(item["last_seen_build"])}'),
+    ]
+    meta = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in meta_rows)
+    generated = ""
+    if (item["question"], item["answer"]) != (item["orig_question"], item["orig_answer"]):
+        generated = (f'<details class="muted" style="margin-top:8px"><summary>Generated text</summary>'
+                     f'<p><b>Q:</b> {_h(item["orig_question"])}</p><p><b>A:</b> {_h(item["orig_answer"])}</p>'
+                     f'</details>')
+    passage, found = highlight(item["context"], item["evidence"])
+    evidence_note = ""
+    if item["evidence"] and not found:
+        evidence_note = (f'<p class="muted">Evidence (not found verbatim in the passage):</p>'
+                         f'<div class="passage" id="evidence"><mark>{_h(item["evidence"])}</mark></div>')
+    elif not item["evidence"]:
+        evidence_note = '<p class="muted">The generator gave no evidence span.</p>'
+    reopen = '<button id="reopen" type="button">Reopen</button>' if item["status"] != "pending" else ""
+    skip = "" if mode == "item" else '<button id="skip" type="button" title="Leave it for later">Skip</button>'
+    next_link = ("" if mode == "next" else
+                 f' &middot; <a href="/?status=pending">next pending</a>')
+    editor = f"""<div class="card" id="review-root" data-pair-id="{_h(pid)}" data-mode="{_h(mode)}"
+  data-status="{_h(status)}" data-topic="{_h(topic)}">
+<h2>Pair <code id="pair-id">{_h(pid)}</code>
+ <span class="muted"><a href="/item/{quote(pid, safe='')}">permalink &amp; history</a>{next_link}</span></h2>
+<label class="f" for="question">Question</label>
+<textarea id="question" name="question">{_h(item["question"])}</textarea>
+<label class="f" for="answer">Answer</label>
+<textarea id="answer" name="answer">{_h(item["answer"])}</textarea>
+{generated}
+<label class="f" for="note">Note <span class="muted">(optional, e.g. why it is rejected)</span></label>
+<input id="note" class="note" name="note" value="">
+<div class="buttons">
+  <button id="approve" type="button" title="Keep the text as it is">Approve</button>
+  <button id="save" type="button" title="Save the changed question/answer">Save edit</button>
+  <button id="reject" type="button" title="Drop this pair from the dataset">Reject</button>
+  {skip}{reopen}
+</div>
+</div>"""
+    source = f"""<div class="card"><h2>Details</h2><table class="meta">{meta}</table></div>
+<div class="card"><h2>Source passage</h2><div class="passage" id="context">{passage}</div>{evidence_note}</div>"""
+    hist = _history_html(history)
+    return f'<div class="grid"><div>{editor}{hist}</div><div>{source}</div></div>'
+
+
+def _history_html(history: list[dict]) -> str:
+    if not history:
+        return '<div class="card" id="history"><h2>History</h2><p class="muted">No reviews yet.</p></div>'
+    rows = []
+    for ev in history:
+        changes = []
+        for field in ("question", "answer"):
+            before, after = ev[f"{field}_before"], ev[f"{field}_after"]
+            if before != after:
+                changes.append(f"<div><b>{field}:</b> <del>{_h(before)}</del> &rarr; <ins>{_h(after)}</ins></div>")
+        if ev["status_before"] != ev["status_after"]:
+            changes.insert(0, f'<div>{_h(ev["status_before"])} &rarr; <b>{_h(ev["status_after"])}</b></div>')
+        if ev["note"]:
+            changes.append(f'<div class="muted">note: {_h(ev["note"])}</div>')
+        rows.append(f'<tr class="event"><td>{_h(_when(ev["created_at"]))}</td><td>{_h(ev["reviewer"])}</td>'
+                    f'<td>{_h(ev["action"])}</td><td>{"".join(changes)}</td></tr>')
+    return (f'<div class="card" id="history"><h2>History</h2><table class="hist"><tr><th>when (UTC)</th>'
+            f'<th>reviewer</th><th>action</th><th>change</th></tr>{"".join(rows)}</table></div>')
+
+
+def _document(header: str, body: str) -> str:
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>QA pair review</title><style>{CSS}</style></head>
+<body>{header}<main>{body}</main><script>{JS}</script></body></html>"""
+
+
+__all__ = ["create_app", "serve", "highlight"]

@@ -1,0 +1,151 @@
+"""The review page in a real headless Chromium: approve, edit, reject, and the edit surviving a rebuild."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from app.data.review import ReviewStore
+from app.data.schema import pair_id
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM = Path("/usr/bin/chromium")
+EDITED = "It returns a list of the file's lines, without reading it twice."
+
+
+def make_pair(i: int, answer: str | None = None) -> dict:
+    question = f"What does reader number {i} return?"
+    chunk = f"files#c{i}"
+    return {
+        "pair_id": pair_id("llm", chunk, question), "question": question,
+        "answer": answer or f"Reader {i} returns the file's lines.",
+        "evidence": f"returns the lines of the file <{i}>", "generator": "llm", "origin": "test-model",
+        "doc_id": "files", "doc_path": "docs/files.md", "doc_title": "Files & streams", "section": "Reading",
+        "chunk_id": chunk, "topic": "io",
+        "context": f"Reader number {i} opens the path and returns the lines of the file <{i}> as a list.",
+        "accepted": i != 3, "reject_reason": "" if i != 3 else "answer_not_supported",
+    }
+
+
+@pytest.fixture
+def review_server(tmp_path):
+    import uvicorn
+
+    from app.data.review_web import create_app
+
+    store = ReviewStore(f"sqlite:///{tmp_path / 'review' / 'review.db'}")
+    store.sync([make_pair(i) for i in range(4)], "stdlib-qa", "build-1")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the review server did not start"
+        time.sleep(0.05)
+    yield store, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+    store.close()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not CHROMEDRIVER.exists():
+        pytest.skip(f"{CHROMEDRIVER} is missing (install Debian's chromium-driver to run browser tests)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager reach the network
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1280,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(20)
+    yield driver
+    driver.quit()
+
+
+def test_review_in_browser(review_server, browser):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    store, base = review_server
+    driver = browser
+    wait = WebDriverWait(driver, 15, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+    el = lambda id_: driver.find_element(By.ID, id_)  # noqa: E731
+
+    def current_id() -> str:
+        return wait.until(lambda d: d.find_element(By.ID, "pair-id").text)
+
+    def wait_next(previous: str) -> str:
+        wait.until(lambda d: d.find_element(By.ID, "pair-id").text not in ("", previous))
+        return current_id()
+
+    driver.get(base + "/")
+    first = current_id()
+    assert store.get(first)["auto_accepted"] is True
+    # The evidence span is highlighted and the text is escaped (the "<0>" stays text).
+    assert "<" in el("context").find_element(By.TAG_NAME, "mark").text
+
+    # No reviewer name: the page refuses and stores nothing.
+    assert el("reviewer").get_property("value") == ""
+    el("approve").click()
+    wait.until(lambda d: "name" in d.find_element(By.ID, "status-msg").text)
+    assert "error" in el("status-msg").get_attribute("class")
+    assert store.get(first)["status"] == "pending" and store.stats()["events"] == 0
+    assert current_id() == first
+
+    # Approve the first item as alice.
+    el("reviewer").send_keys("alice")
+    el("approve").click()
+    second = wait_next(first)
+    assert "Approved" in el("status-msg").text
+    assert el("reviewer").get_property("value") == "alice"  # remembered
+
+    # Edit the second item's answer and save it.
+    el("answer").clear()
+    el("answer").send_keys(EDITED)
+    el("save").click()
+    third = wait_next(second)
+
+    # Reject the third with a note.
+    el("note").send_keys("duplicates another pair")
+    el("reject").click()
+    fourth = wait_next(third)
+    assert "Rejected" in el("status-msg").text
+    assert len({first, second, third, fourth}) == 4
+    assert store.get(fourth)["auto_accepted"] is False  # auto-rejected items come last
+
+    # What the browser did is in the database.
+    a, b, c = store.get(first), store.get(second), store.get(third)
+    assert (a["status"], a["reviewer"]) == ("approved", "alice")
+    assert (b["status"], b["reviewer"], b["answer"]) == ("edited", "alice", EDITED)
+    assert b["orig_answer"] != EDITED
+    assert (c["status"], c["reviewer"], c["note"]) == ("rejected", "alice", "duplicates another pair")
+    [ev] = store.history(second)
+    assert (ev["action"], ev["reviewer"], ev["answer_after"]) == ("edit", "alice", EDITED)
+    assert [e["action"] for e in store.history(first)] == ["approve"]
+    assert [e["action"] for e in store.history(third)] == ["reject"]
+    assert store.get(fourth)["status"] == "pending"
+
+    # A rebuild regenerates every answer: the reviewer's edit must survive it.
+    counts = store.sync([make_pair(i, answer=f"Regenerated answer {i}.") for i in range(4)], "stdlib-qa", "build-2")
+    assert counts == {"new": 0, "refreshed": 1, "kept_reviewed": 3}
+    driver.get(f"{base}/item/{second}")
+    wait.until(lambda d: d.find_element(By.ID, "pair-id").text == second)
+    assert el("answer").get_property("value") == EDITED
+    assert el("item-status").text == "edited"
+    history = el("history").text
+    assert "alice" in history and "edit" in history
