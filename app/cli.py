@@ -32,6 +32,8 @@ app.add_typer(model_app, name="model")
 app.add_typer(tracking_app, name="tracking")
 app.add_typer(runs_app, name="runs")
 app.add_typer(serve_app, name="serve")
+dataset_app = typer.Typer(help="The domain QA dataset: build, inspect, review.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment YAML (default: built-in defaults).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override, e.g. --set training.lr=1e-4 (repeatable).")]
@@ -44,6 +46,9 @@ def fail(message: str, code: int = 1) -> None:
 
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the app's own errors into a clear message and a non-zero exit, not a traceback."""
+    from app.data.schema import DatasetError
+    from app.data.review import ReviewError
+    from app.data.splits import LeakageError
     from app.model_store import ModelStoreError
     from app.serving.manager import ServeError
     from app.tracking import TrackingError
@@ -54,7 +59,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except ConfigError as exc:
             fail(str(exc), code=2)
-        except (ModelStoreError, TrackingError, ServeError) as exc:
+        except (ModelStoreError, TrackingError, ServeError, DatasetError, LeakageError, ReviewError) as exc:
             fail(str(exc))
 
     return wrapper
@@ -314,6 +319,66 @@ def serve_stats(config: ConfigOpt = None, set_: SetOpt = None,
         if not watch:
             break
         time.sleep(watch)
+
+
+# -- dataset ----------------------------------------------------------------------------------
+
+
+@dataset_app.command("build")
+@handled
+def dataset_build(config: ConfigOpt = None, set_: SetOpt = None,
+                  docs: Optional[Path] = typer.Option(None, "--docs", help="Folder of your documents (sets data.docs_dir).")) -> None:
+    """Build the QA dataset: chunks, extracted + LLM pairs, quality checks, reviews, leak-free splits."""
+    from app.stages import build_dataset
+
+    cfg = _load(config, (set_ or []) + ([f"data.docs_dir={docs.expanduser().resolve()}"] if docs else []))
+    console.print_json(data=build_dataset(cfg, config))
+
+
+@dataset_app.command("show")
+@handled
+def dataset_show(config: ConfigOpt = None, set_: SetOpt = None,
+                 version: Optional[str] = typer.Option(None, help="A version folder name; default: the latest build.")) -> None:
+    """Counts, yield per generator and reject reasons of a build (its manifest)."""
+    from app.data.build import datasets_root, latest_dataset
+    from app.data.schema import DatasetError
+
+    cfg = _load(config, set_)
+    path = datasets_root(cfg) / version if version else latest_dataset(cfg)
+    if not (path / "manifest.json").is_file():
+        raise DatasetError(f"no manifest at {path}")
+    m = json.loads((path / "manifest.json").read_text())
+    console.print(f"{m['name']} {m['version']}  ({path})", highlight=False)
+    table = Table("generator", "candidates", "accepted", "yield", "top reject reasons")
+    for gen, st in m["quality"].items():
+        reasons = ", ".join(f"{k} {v}" for k, v in list(st["reject_reasons"].items())[:3])
+        table.add_row(gen, str(st["candidates"]), str(st["accepted"]), f"{st['yield']:.1%}", reasons)
+    console.print(table)
+    splits = Table("topic", *m["counts"]["splits"])
+    for topic, counts in sorted(m["counts"]["per_topic"].items()):
+        splits.add_row(topic, *(str(counts.get(s, 0)) for s in m["counts"]["splits"]))
+    splits.add_row("total", *(str(n) for n in m["counts"]["splits"].values()))
+    console.print(splits)
+    console.print(f"leakage overlaps: {m['leakage']['overlaps']}; skipped files: {len(m['documents']['skipped'])}")
+
+
+@dataset_app.command("export-corpus")
+@handled
+def dataset_export_corpus(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Write the embedded knowledge base (Python's own docs) as Markdown files and print the folder."""
+    from app.data.corpus import ensure_default_corpus
+
+    cfg = _load(config, set_)
+    console.print(str(ensure_default_corpus(cfg.paths.resolved_home())), highlight=False)
+
+
+def _mount_review() -> None:
+    from app.data.review_cli import review_app
+
+    dataset_app.add_typer(review_app, name="review", help="Human review of QA pairs: web page, JSONL export/import.")
+
+
+_mount_review()
 
 
 @app.command("rerun")

@@ -95,17 +95,113 @@ class SplitFractions(_Section):
         return self
 
 
+class GenerationConfig(_Section):
+    """LLM-written QA pairs: one request per chunk through ray.data.llm, structured JSON output."""
+
+    enabled: bool = Field(True, description="Ask an LLM for QA pairs over the chunks.")
+    backend: Literal["serve", "http", "vllm"] = Field(
+        "serve",
+        description="serve: the project's own Ray Serve app on the local model (deployed if not up); "
+        "http: any OpenAI-compatible endpoint at `url`; vllm: in-process vLLM through ray.data.llm's "
+        "vLLM processor (GPU clusters).",
+    )
+    url: str | None = Field(
+        None, description="http backend: base URL of an OpenAI-compatible API, e.g. https://host/v1."
+    )
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the endpoint's API key (never the key itself)."
+    )
+    model: str | None = Field(None, description="Model id at the endpoint; None: the configured base model.")
+    max_chunks: PositiveInt | None = Field(
+        200, description="Chunks sent to the LLM at most (a stratified sample across topics); None: all."
+    )
+    prompt_style: Literal["labelled", "json"] = Field(
+        "labelled",
+        description="labelled: 'Question: / Answer:' lines, which small models follow (evidence is then matched "
+        "in the chunk); json: a JSON list with question, answer and evidence, for capable models.",
+    )
+    pairs_per_chunk: PositiveInt = Field(1, le=10, description="QA pairs asked for per chunk.")
+    temperature: NonNegativeFloat = Field(0.0, le=2.0)
+    max_tokens: PositiveInt = Field(128, description="Output tokens per request.")
+    batch_size: PositiveInt = Field(4, description="Rows per ray.data.llm batch.")
+    concurrency: PositiveInt = Field(2, description="Parallel request actors (each sends one batch at a time).")
+    max_retries: int = Field(3, ge=0, description="Retries on 408/429/5xx and connection errors.")
+    retry_wait_s: PositiveFloat = Field(1.0, description="Base of the exponential backoff between retries.")
+    qps: PositiveFloat | None = Field(None, description="Request rate limit per actor; None: unlimited.")
+    timeout_s: PositiveFloat = Field(180.0, description="Total time allowed for one request.")
+
+
+class QualityConfig(_Section):
+    """Thresholds of the quality checks; a pair failing any of them is rejected with its reason."""
+
+    min_question_words: PositiveInt = 4
+    max_question_words: PositiveInt = 40
+    min_answer_words: PositiveInt = 2
+    max_answer_words: PositiveInt = 150
+    min_lexical_grounding: float = Field(
+        0.6, ge=0, le=1, description="Share of the answer's content words found in the source chunk."
+    )
+    min_semantic_grounding: float = Field(
+        0.45, ge=-1, le=1, description="Cosine (all-MiniLM-L6-v2) of the answer with its evidence passage."
+    )
+    min_relevance: float = Field(0.25, ge=-1, le=1, description="Cosine of the question with the answer.")
+    max_answer_in_question: float = Field(
+        0.8, ge=0, le=1, description="Reject when this share of the answer's content words is in the question."
+    )
+    min_question_grounding: float = Field(
+        0.5, ge=0, le=1, description="Share of the question's content words found in the source chunk."
+    )
+    near_duplicate: float = Field(
+        0.92, gt=0, le=1,
+        description="Two pairs are near duplicates when their questions' cosine is at least this ...",
+    )
+    near_duplicate_answer: float = Field(0.8, ge=-1, le=1, description="... and their answers' cosine at least this.")
+
+
 class DataConfig(_Section):
+    name: str = Field("stdlib-qa", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Dataset name.")
     docs_dir: str | None = Field(
         None, description="Folder of the team's documents. None: the embedded Python standard library docs."
     )
-    chunk_tokens: PositiveInt = Field(256, description="Chunk length in tokens.")
+    extensions: list[str] = Field(
+        default_factory=lambda: [".md", ".markdown", ".txt", ".html", ".htm", ".pdf"],
+        description="File types read from docs_dir; other files are listed as skipped.",
+    )
+    max_docs: PositiveInt | None = Field(None, description="Read at most this many documents (first by path).")
+    chunk_tokens: PositiveInt = Field(256, description="Chunk length in tokens (the base model's tokenizer).")
     chunk_overlap: int = Field(32, ge=0, description="Tokens shared by consecutive chunks.")
-    target_pairs: PositiveInt = Field(1000, description="QA pairs the build aims for.")
+    min_chunk_tokens: PositiveInt = Field(24, description="Shorter chunks (after the first) merge into the previous.")
+    topics_from: Literal["auto", "structure", "cluster"] = Field(
+        "auto",
+        description="Topic label per chunk. structure: the document's front-matter `topic`, else its "
+        "top-level folder; cluster: k-means over chunk embeddings; auto: structure when it gives at least "
+        "2 topics, else cluster.",
+    )
+    n_topics: PositiveInt = Field(8, description="Clusters when topics come from clustering.")
+    extract: list[Literal["faq", "heading_question", "definition"]] = Field(
+        default_factory=lambda: ["faq", "heading_question", "definition"],
+        description="Kinds of QA pairs taken directly from the documents.",
+    )
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    target_pairs: PositiveInt = Field(1000, description="Accepted pairs the build must reach, else it fails.")
+    min_test_pairs: int = Field(100, ge=0, description="Pairs the test split must hold, else the build fails.")
     splits: SplitFractions = Field(default_factory=SplitFractions)
     group_by: Literal["document", "chunk"] = Field(
         "document", description="Unit kept whole inside one split, so nothing leaks across splits."
     )
+    review_db: str | None = Field(
+        None, description="SQLAlchemy URL of the review database; None: SQLite at <home>/review/review.db."
+    )
+    concurrency: PositiveInt = Field(2, description="Ray Data parallelism of the CPU stages.")
+
+    @field_validator("extensions")
+    @classmethod
+    def _dotted(cls, v: list[str]) -> list[str]:
+        bad = [e for e in v if not e.startswith(".") or len(e) < 2]
+        if bad:
+            raise ValueError(f"extensions must look like '.md', got {bad}")
+        return [e.lower() for e in v]
 
     @model_validator(mode="after")
     def _overlap_below_chunk(self) -> DataConfig:
@@ -113,7 +209,12 @@ class DataConfig(_Section):
             raise ValueError(
                 f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens ({self.chunk_tokens})"
             )
+        if self.generation.backend == "http" and self.generation.enabled and not self.generation.url:
+            raise ValueError("generation.backend 'http' needs generation.url")
         return self
+
+    def review_url(self, home: Path) -> str:
+        return self.review_db or f"sqlite:///{home / 'review' / 'review.db'}"
 
 
 class LoraConfig(_Section):

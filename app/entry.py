@@ -12,7 +12,10 @@ from app.config import ConfigError, load_config
 
 
 def job_main(stage: Callable[..., Any], argv: list[str] | None = None) -> None:
+    from app.data.schema import DatasetError
+    from app.data.splits import LeakageError
     from app.model_store import ModelStoreError
+    from app.serving.manager import ServeError
     from app.tracking import TrackingError
 
     parser = argparse.ArgumentParser(description=(stage.__doc__ or "").strip().splitlines()[0])
@@ -27,7 +30,7 @@ def job_main(stage: Callable[..., Any], argv: list[str] | None = None) -> None:
         sys.exit(2)
     try:
         result = stage(cfg, args.config)
-    except (ModelStoreError, TrackingError) as exc:
+    except (ModelStoreError, TrackingError, ServeError, DatasetError, LeakageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     print(json.dumps(result, indent=2, default=str))

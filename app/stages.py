@@ -103,5 +103,13 @@ def serve_sweep(cfg: ExperimentConfig, config_path: Path | None = None, **kw: An
     return run_sweep(cfg, config_path, **kw)
 
 
-STAGES: dict[str, Callable[..., dict[str, Any]]] = {"prepare_model": prepare_model, "serve_sweep": serve_sweep}
-PIPELINE: list[str] = ["prepare_model"]
+def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, **kw: Any) -> dict[str, Any]:
+    """Domain QA dataset on Ray Data (see app.data.build)."""
+    from app.data.build import build_dataset as build
+
+    return build(cfg, config_path, **kw)
+
+
+STAGES: dict[str, Callable[..., dict[str, Any]]] = {"prepare_model": prepare_model, "build_dataset": build_dataset,
+                                                    "serve_sweep": serve_sweep}
+PIPELINE: list[str] = ["prepare_model", "build_dataset"]

@@ -59,6 +59,16 @@ if [[ ${#cpu_only[@]} -gt 0 ]]; then
   done
 fi
 
+# Browser tests (review and human-evaluation pages) drive Debian's Chromium through its chromedriver.
+if [[ ",$EXTRAS," == *",test,"* ]] && ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[bootstrap] installing chromium + chromium-driver (Debian) for the browser tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "[bootstrap] warning: chromedriver missing and apt-get unavailable (not root?): browser tests will be skipped"
+  fi
+fi
+
 "$PY" - <<'PY'
 import importlib.util
 import transformers, ray, mlflow, peft, deepspeed  # noqa: F401  (fails loudly if the set is broken)

@@ -1,0 +1,457 @@
+"""`app dataset build`: documents -> chunks -> QA pairs (extracted + LLM) -> quality -> review -> splits.
+
+Ray Data runs the per-item work (parsing and chunking documents, LLM requests, embedding-based
+quality scoring); the driver does what needs every pair at once (deduplication, review overrides,
+grouped splits, the leakage check) and writes a versioned dataset with its manifest, logged to
+MLflow as artifacts and dataset inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from app.config import ExperimentConfig
+from app.data.schema import PAIR_KEYS, DatasetError
+from app.data.splits import SPLITS, LeakageError, assign_splits, check_leakage, leakage_message, near_duplicate_links
+
+SCORES = ("score_lexical_grounding", "score_semantic_grounding", "score_question_grounding", "score_relevance")
+OUTPUT_COLUMNS = (*PAIR_KEYS, *SCORES, "review_status", "reviewer")
+
+
+def datasets_root(cfg: ExperimentConfig) -> Path:
+    return cfg.paths.resolved_home() / "datasets" / cfg.data.name
+
+
+def latest_dataset(cfg: ExperimentConfig) -> Path:
+    """Folder of the last successful build of the configured dataset."""
+    pointer = datasets_root(cfg) / "LATEST"
+    if not pointer.is_file():
+        raise DatasetError(f"no build of dataset {cfg.data.name!r} under {datasets_root(cfg)}: run `app dataset build`")
+    return datasets_root(cfg) / pointer.read_text().strip()
+
+
+def _data_context() -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+# -- stages ------------------------------------------------------------------------------------
+
+
+def read_corpus(cfg: ExperimentConfig, root: Path, tokenizer_file: Path, progress: Callable[[str], None]) -> tuple[list[dict], list[dict]]:
+    """(documents with their chunks and extracted pairs, skipped files) via Ray Data."""
+    import ray
+
+    from app.data.ingest import list_documents, process_document
+
+    d = cfg.data
+    exclude = () if d.docs_dir else ("README.md", "MANIFEST.json")
+    files, skipped = list_documents(root, d.extensions, d.max_docs, exclude)
+    if not files:
+        raise DatasetError(f"no documents with extensions {d.extensions} in {root}")
+    progress(f"reading {len(files)} documents from {root} ({len(skipped)} other files skipped)")
+    ds = ray.data.from_items(files, override_num_blocks=min(len(files), 4 * d.concurrency)).map(
+        process_document, compute=ray.data.TaskPoolStrategy(size=d.concurrency), num_cpus=1,
+        fn_kwargs={"tokenizer_file": str(tokenizer_file), "chunk_tokens": d.chunk_tokens,
+                   "chunk_overlap": d.chunk_overlap, "min_chunk_tokens": d.min_chunk_tokens,
+                   "extract_kinds": list(d.extract)})
+    docs = sorted(ds.take_all(), key=lambda r: r["doc_path"])
+    for doc in docs:  # Arrow hands nested lists back as arrays
+        doc["chunks"], doc["extracted"] = list(doc["chunks"]), list(doc["extracted"])
+    bad = [{"path": x["doc_path"], "reason": x["error"]} for x in docs if x["error"]]
+    return docs, skipped + bad
+
+
+def assign_topics(cfg: ExperimentConfig, docs: list[dict], chunks: pd.DataFrame, progress: Callable[[str], None]) -> str:
+    """Fill ``chunks.topic``; returns how ("structure" or "cluster")."""
+    d = cfg.data
+    structure = {x["doc_id"]: x["topic"] for x in docs if not x["error"]}
+    distinct = {t for t in structure.values() if t}
+    if d.topics_from == "structure" or (d.topics_from == "auto" and len(distinct) >= 2):
+        chunks["topic"] = chunks["doc_id"].map(structure).replace("", "other")
+        return "structure"
+    from sklearn.cluster import KMeans
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from app.data.embed import embed
+
+    k = min(d.n_topics, len(chunks))
+    progress(f"clustering {len(chunks)} chunks into {k} topics (all-MiniLM-L6-v2 + k-means)")
+    vectors = embed(chunks["text"].tolist())
+    labels = KMeans(n_clusters=k, n_init=10, random_state=cfg.seed).fit_predict(vectors)
+    tfidf = TfidfVectorizer(stop_words="english", max_features=20000, token_pattern=r"(?u)\b[a-zA-Z_]{3,}\b")
+    matrix = tfidf.fit_transform(chunks["text"])
+    vocab = np.array(tfidf.get_feature_names_out())
+    names = {}
+    for c in range(k):
+        weights = np.asarray(matrix[labels == c].mean(axis=0)).ravel()
+        names[c] = f"t{c}-" + "-".join(vocab[np.argsort(-weights)[:3]])
+    chunks["topic"] = [names[c] for c in labels]
+    return "cluster"
+
+
+def sample_chunks(chunks: pd.DataFrame, limit: int | None, seed: int, min_tokens: int = 48) -> pd.DataFrame:
+    """Up to ``limit`` chunks, dealt round-robin across topics in a seeded order (every topic gets some)."""
+    pool = chunks[chunks["n_tokens"] >= min_tokens]
+    if limit is None or len(pool) <= limit:
+        return pool
+    rng = random.Random(seed)
+    queues = {}
+    for topic, group in sorted(pool.groupby("topic"), key=lambda kv: kv[0]):
+        idx = list(group.index)
+        rng.shuffle(idx)
+        queues[topic] = idx
+    picked: list[int] = []
+    while len(picked) < limit:
+        for topic in list(queues):
+            if queues[topic] and len(picked) < limit:
+                picked.append(queues[topic].pop())
+        queues = {t: q for t, q in queues.items() if q}
+    return pool.loc[sorted(picked)]
+
+
+def generate_pairs(cfg: ExperimentConfig, chunks: pd.DataFrame, model_path: Path,
+                   progress: Callable[[str], None]) -> tuple[list[dict], dict[str, Any]]:
+    """LLM pairs for the sampled chunks, and facts about the run (endpoint, requests, errors, seconds)."""
+    import ray
+
+    from app.data.generate import http_processor, pairs_from_output, vllm_processor
+
+    g = cfg.data.generation
+    picked = sample_chunks(chunks, g.max_chunks, cfg.seed)
+    if picked.empty:
+        return [], {"requests": 0}
+    cols = ["chunk_id", "doc_title", "section", "text"]
+    ds = ray.data.from_pandas(picked[cols].reset_index(drop=True))
+    model = g.model or cfg.model.name
+    if g.backend == "vllm":
+        processor = vllm_processor(g, str(model_path), g.prompt_style, cfg.serving.dtype,
+                                   cfg.serving.max_model_len or cfg.model.max_seq_len, cfg.training.use_gpu)
+        where = f"in-process vLLM ({model_path.name})"
+    else:
+        base, key = endpoint(cfg)
+        processor = http_processor(g, base, model, g.prompt_style, key)
+        where = f"{base} model {model}"
+    progress(f"asking the LLM for QA pairs over {len(picked)} chunks ({where}, {g.prompt_style} prompt)")
+    started = time.time()
+    outputs = {r["chunk_id"]: r for r in processor(ds).take_all() if r.get("chunk_id")}
+    seconds = time.time() - started
+    rows, errors = [], 0
+    for chunk in picked.to_dict("records"):
+        out = outputs.get(chunk["chunk_id"], {"output": "", "error": "no result (request failed in the engine)"})
+        errors += bool(out["error"])
+        rows.extend(pairs_from_output(chunk, out["output"] or "", out["error"] or "", f"llm:{model}"))
+    info = {"requests": len(picked), "request_errors": errors, "seconds": round(seconds, 1), "endpoint": where,
+            "requests_per_s": round(len(picked) / seconds, 3) if seconds else None}
+    progress(f"  {len(picked)} requests in {seconds:.0f} s, {errors} failed, {len(rows)} candidate rows")
+    return rows, info
+
+
+def ensure_served(cfg: ExperimentConfig, progress: Callable[[str], None]) -> None:
+    """Join the cluster of a Serve app that already serves the generation model, else deploy it."""
+    import httpx
+
+    from app.serving.manager import attach, base_url, headers, up
+
+    model = cfg.data.generation.model or cfg.model.name
+    try:
+        listed = httpx.get(base_url(cfg.serving) + "/v1/models", headers=headers(cfg.serving), timeout=10).json()
+        served = model in {m["id"] for m in listed.get("data", [])}
+    except (httpx.HTTPError, ValueError, TypeError, KeyError):
+        served = False
+    if served and attach(cfg):
+        progress(f"using the running Serve endpoint {base_url(cfg.serving)} for {model}")
+        return
+    progress(f"deploying {model} on Ray Serve for QA generation (minutes on a CPU machine)")
+    up(cfg, progress)
+
+
+def endpoint(cfg: ExperimentConfig) -> tuple[str, str | None]:
+    """(base URL ending in /v1, API key) of the generation endpoint; the Serve app is deployed if down."""
+    import httpx
+
+    g = cfg.data.generation
+    if g.backend == "http":
+        key = None
+        if g.api_key_env:
+            key = os.environ.get(g.api_key_env)
+            if not key:
+                raise DatasetError(f"generation.api_key_env names {g.api_key_env}, which is not set")
+        base = g.url.rstrip("/")
+        base = base if base.endswith("/v1") else base + "/v1"
+    else:
+        from app.serving.manager import base_url
+
+        base, key = base_url(cfg.serving) + "/v1", cfg.serving.api_key
+    try:
+        httpx.get(base + "/models", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise DatasetError(f"generation endpoint {base} does not answer /models ({exc}); for the project's own "
+                           "endpoint run `app serve up`, or set data.generation.enabled=false") from None
+    return base, key
+
+
+def score_pairs(cfg: ExperimentConfig, rows: list[dict]) -> pd.DataFrame:
+    import ray
+
+    from app.data.quality import QualityScorer
+
+    df = pd.DataFrame(rows)
+    for col, default in (("raw_output", ""), ("parse_error", ""), ("evidence_from", "extracted")):
+        df[col] = df[col].fillna(default) if col in df else default
+    n_blocks = max(1, min(len(df) // 256, 8 * cfg.data.concurrency))
+    ds = ray.data.from_pandas([df.iloc[i::n_blocks] for i in range(n_blocks)])
+    scored = ds.map_batches(QualityScorer, fn_constructor_kwargs={"quality": cfg.data.quality.model_dump()},
+                            batch_format="pandas", batch_size=256, num_cpus=1,
+                            compute=ray.data.ActorPoolStrategy(size=cfg.data.concurrency))
+    out = scored.to_pandas().sort_values("pair_id", kind="stable").reset_index(drop=True)
+    for col in ("q_embedding", "a_embedding"):
+        out[col] = [np.asarray(v, dtype=np.float32) for v in out[col]]
+    return out
+
+
+def apply_reviews(cfg: ExperimentConfig, df: pd.DataFrame, decisions: list[dict]) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Reviewers' decisions override the generated pairs and the filter; reviewed pairs missing from
+    this build are added back from the review database."""
+    from app.data.embed import embed
+
+    df = df.copy()
+    df["review_status"], df["reviewer"] = "", ""
+    counts: Counter[str] = Counter()
+    index = {pid: i for i, pid in enumerate(df["pair_id"])}
+    added = []
+    for dec in decisions:
+        i = index.get(dec["pair_id"])
+        if i is None:
+            if dec["status"] == "rejected":
+                continue
+            row = {k: dec.get(k) or "" for k in PAIR_KEYS}
+            row.update({s: np.nan for s in SCORES}, raw_output="", parse_error="", evidence_from="review")
+            added.append({**row, "review_status": dec["status"], "reviewer": dec.get("reviewer") or "",
+                          "accepted": True, "reject_reason": ""})
+            counts["restored"] += 1
+            continue
+        df.at[i, "review_status"], df.at[i, "reviewer"] = dec["status"], dec.get("reviewer") or ""
+        if dec["status"] == "rejected":
+            df.at[i, "accepted"] = False
+            df.at[i, "reject_reason"] = f"rejected by reviewer {dec.get('reviewer')}" + (f": {dec['note']}" if dec.get("note") else "")
+        else:
+            df.at[i, "question"], df.at[i, "answer"] = dec["question"], dec["answer"]
+            df.at[i, "accepted"], df.at[i, "reject_reason"] = True, ""
+        counts[dec["status"]] += 1
+    if added:
+        df = pd.concat([df, pd.DataFrame(added)], ignore_index=True)
+    changed = df["review_status"].isin(["approved", "edited"])
+    if changed.any():  # embeddings must match the reviewed text for dedup and the leakage check
+        df.loc[changed, "q_embedding"] = pd.Series(list(embed(df.loc[changed, "question"].tolist())), index=df.index[changed])
+        df.loc[changed, "a_embedding"] = pd.Series(list(embed(df.loc[changed, "answer"].tolist())), index=df.index[changed])
+    return df, dict(counts)
+
+
+def reason_kind(reason: str) -> str:
+    first = reason.split(";")[0]
+    return re.sub(r"\s*\(.*$|:.*$| of [0-9a-f]{16}.*$", "", first).strip() or "accepted"
+
+
+def quality_stats(df: pd.DataFrame) -> dict[str, Any]:
+    """Per generator: candidates, accepted, yield, score quantiles, top reject reasons."""
+    stats: dict[str, Any] = {}
+    for gen, group in df.groupby("generator"):
+        entry: dict[str, Any] = {"candidates": int(len(group)), "accepted": int(group["accepted"].sum())}
+        entry["yield"] = round(entry["accepted"] / entry["candidates"], 4) if entry["candidates"] else 0.0
+        for s in SCORES:
+            vals = group[s].dropna()
+            if len(vals):
+                entry[s] = {q: round(float(vals.quantile(p)), 4) for q, p in (("p10", .1), ("p50", .5), ("p90", .9))}
+                entry[s]["mean"] = round(float(vals.mean()), 4)
+        reasons = Counter(reason_kind(r) for r in group.loc[~group["accepted"], "reject_reason"])
+        entry["reject_reasons"] = dict(reasons.most_common(12))
+        stats[gen] = entry
+    return stats
+
+
+def _plot_scores(df: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(SCORES), figsize=(4 * len(SCORES), 3.2))
+    for ax, s in zip(axes, SCORES):
+        for gen, group in df.groupby("generator"):
+            vals = group[s].dropna()
+            if len(vals):
+                ax.hist(vals, bins=30, range=(-0.2 if "semantic" in s or "relevance" in s else 0, 1), alpha=0.5,
+                        label=f"{gen} ({len(vals)})")
+        ax.set_title(s.removeprefix("score_"))
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# -- the build ---------------------------------------------------------------------------------
+
+
+def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of: str | None = None,
+                  progress: Callable[[str], None] = print) -> dict[str, Any]:
+    import mlflow
+    import ray
+
+    from app import cluster
+    from app.data.corpus import ensure_default_corpus
+    from app.data.review import ReviewStore
+    from app.stages import model_store
+    from app.tracking import hash_path, log_step_metrics, start_run
+
+    d = cfg.data
+    home = cfg.paths.resolved_home()
+    root = Path(d.docs_dir).expanduser().resolve() if d.docs_dir else ensure_default_corpus(home, progress)
+    if not root.is_dir():
+        raise DatasetError(f"data.docs_dir {root} does not exist or is not a folder")
+    stored = model_store(cfg).resolve(cfg.model, progress=progress)
+    store = ReviewStore(d.review_url(home))  # opened first: a bad URL fails before any work
+    timings: dict[str, float] = {}
+    t0 = time.time()
+    tags = {"rerun_of": rerun_of} if rerun_of else {}
+    with start_run(cfg, "build_dataset", config_path, inputs={"corpus": hash_path(root)}, tags=tags) as run:
+        if d.generation.enabled and d.generation.backend == "serve":
+            ensure_served(cfg, progress)
+        else:
+            cluster.connect(cfg.ray)
+        _data_context()
+        progress(f"Ray cluster: {ray.cluster_resources().get('CPU', 0):.0f} CPUs")
+
+        t = time.time()
+        docs, skipped = read_corpus(cfg, root, stored.path / "tokenizer.json", progress)
+        chunks = pd.DataFrame([c for x in docs for c in x["chunks"]])
+        if chunks.empty:
+            raise DatasetError(f"no text in any of the {len(docs)} documents under {root}: {skipped[:5]}")
+        how = assign_topics(cfg, docs, chunks, progress)
+        topic_of = dict(zip(chunks["chunk_id"], chunks["topic"]))
+        extracted = [{**p, "topic": topic_of[p["chunk_id"]]} for x in docs for p in x["extracted"]]
+        timings["read_chunk_extract_s"] = time.time() - t
+        progress(f"  {len(docs) - sum(bool(x['error']) for x in docs)} documents, {len(chunks)} chunks, "
+                 f"{chunks['topic'].nunique()} topics ({how}), {len(extracted)} extracted pairs, "
+                 f"{len(skipped)} files skipped, {timings['read_chunk_extract_s']:.1f} s")
+        for s in skipped[:20]:
+            progress(f"  skipped {s['path']}: {s['reason']}")
+
+        llm_rows, gen_info = [], {"requests": 0}
+        if d.generation.enabled:
+            t = time.time()
+            llm_rows, gen_info = generate_pairs(cfg, chunks, stored.path, progress)
+            timings["generate_s"] = time.time() - t
+            for r in llm_rows:
+                r["topic"] = topic_of[r["chunk_id"]]
+
+        t = time.time()
+        candidates = extracted + llm_rows
+        if not candidates:
+            raise DatasetError("no candidate pairs: enable extraction kinds or LLM generation")
+        progress(f"scoring {len(candidates)} candidate pairs (all-MiniLM-L6-v2, {d.concurrency} actors)")
+        from app.data.quality import deduplicate
+
+        scored = score_pairs(cfg, candidates)
+        timings["quality_s"] = time.time() - t
+        scored, review_counts = apply_reviews(cfg, scored, store.decisions(d.name))
+        scored = deduplicate(scored, d.quality)
+        accepted = scored[scored["accepted"]].reset_index(drop=True)
+        progress(f"  {len(accepted)} accepted of {len(scored)} ({timings['quality_s']:.1f} s); reviewer decisions "
+                 f"applied: {review_counts or 'none'}")
+
+        vq = np.stack(accepted["q_embedding"].to_numpy()) if len(accepted) else np.zeros((0, 384), np.float32)
+        links = near_duplicate_links(accepted["pair_id"].tolist(), vq, d.quality.near_duplicate)
+        records = accepted[list(OUTPUT_COLUMNS)].to_dict("records")
+        assignment = assign_splits(records, d.splits.model_dump(), d.group_by, cfg.seed, links)
+        splits = {s: [r for r in records if assignment[r["pair_id"]] == s] for s in SPLITS}
+        leaks = check_leakage(splits, d.group_by, dict(zip(accepted["pair_id"], vq)), d.quality.near_duplicate)
+
+        out_dir, manifest = write_dataset(cfg, root, splits, scored, chunks, docs, skipped, leaks,
+                                          {"topics_from": how, "generation": gen_info, "reviews": review_counts,
+                                           "timings_s": {k: round(v, 2) for k, v in timings.items()},
+                                           "near_duplicate_links": len(links)})
+        synced = store.sync([r for r in scored[list(PAIR_KEYS) + ["accepted", "reject_reason"]].to_dict("records")
+                             if r["question"] and r["answer"]], dataset=d.name, build=manifest["version"])
+        manifest["review_sync"] = synced
+        (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+
+        wall = time.time() - t0
+        metrics = {"pairs_total": len(accepted), "chunks": len(chunks), "documents": len(docs), "files_skipped": len(skipped),
+                   "leaks": len(leaks), "chunks_per_s": len(chunks) / max(timings["read_chunk_extract_s"], 1e-9),
+                   "build_seconds": wall, **{f"pairs_{s}": len(v) for s, v in splits.items()}}
+        for gen, st in manifest["quality"].items():
+            metrics.update({f"yield_{gen}": st["yield"], f"accepted_{gen}": st["accepted"], f"candidates_{gen}": st["candidates"]})
+        log_step_metrics(metrics, step=0)
+        mlflow.log_artifacts(str(out_dir), artifact_path="dataset")
+        for split, rows in splits.items():
+            frame = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+            mlflow.log_input(mlflow.data.from_pandas(frame, source=str(out_dir / f"{split}.parquet"),
+                                                     name=f"{d.name}-{split}", targets="answer",
+                                                     digest=manifest["content_hash"][:8]), context=split)
+        mlflow.set_tags({"dataset.name": d.name, "dataset.version": manifest["version"], "dataset.path": str(out_dir)})
+        summary = {"run_id": run.info.run_id, "path": str(out_dir), "version": manifest["version"],
+                   "pairs": {s: len(v) for s, v in splits.items()}, "leaks": len(leaks),
+                   "yield": {g: st["yield"] for g, st in manifest["quality"].items()}, "seconds": round(wall, 1)}
+    if leaks:
+        raise LeakageError(f"{leakage_message(leaks)}\n(report: {out_dir / 'leakage.json'})")
+    if len(accepted) < d.target_pairs or len(splits["test"]) < d.min_test_pairs:
+        raise DatasetError(f"the build kept {len(accepted)} pairs ({len(splits['test'])} in test), below "
+                           f"data.target_pairs={d.target_pairs} / data.min_test_pairs={d.min_test_pairs}; "
+                           f"see {out_dir / 'manifest.json'} for the reject reasons per generator")
+    (datasets_root(cfg) / "LATEST").write_text(manifest["version"])
+    progress(f"dataset {d.name} {manifest['version']}: " + ", ".join(f"{s} {len(v)}" for s, v in splits.items())
+             + f"; written to {out_dir}")
+    return summary
+
+
+def write_dataset(cfg: ExperimentConfig, root: Path, splits: dict[str, list[dict]], scored: pd.DataFrame,
+                  chunks: pd.DataFrame, docs: list[dict], skipped: list[dict], leaks: list[dict],
+                  extra: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """Parquet + JSONL per split, the rejected pairs, the chunk index and the manifest."""
+    canonical = json.dumps({s: [{k: r[k] for k in ("pair_id", "question", "answer", "context")} for r in v]
+                            for s, v in splits.items()}, sort_keys=True, ensure_ascii=False)
+    content_hash = hashlib.sha256(canonical.encode()).hexdigest()
+    version = f"{time.strftime('%Y%m%d-%H%M%S')}-{content_hash[:8]}"
+    out = datasets_root(cfg) / version
+    out.mkdir(parents=True, exist_ok=False)
+    for split, rows in splits.items():
+        frame = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+        frame.to_parquet(out / f"{split}.parquet", index=False)
+        frame.to_json(out / f"{split}.jsonl", orient="records", lines=True, force_ascii=False)
+    rejected = scored[~scored["accepted"]].drop(columns=["q_embedding", "a_embedding"])
+    rejected.to_json(out / "rejected.jsonl", orient="records", lines=True, force_ascii=False)
+    chunks.to_parquet(out / "chunks.parquet", index=False)
+    (out / "leakage.json").write_text(json.dumps(leaks, indent=2))
+    _plot_scores(scored, out / "quality_scores.png")
+    per_topic: dict[str, dict[str, int]] = defaultdict(dict)
+    per_gen: dict[str, dict[str, int]] = defaultdict(dict)
+    for split, rows in splits.items():
+        for key, table in (("topic", per_topic), ("generator", per_gen)):
+            for value, n in Counter(r[key] for r in rows).items():
+                table[value][split] = n
+    manifest = {
+        "name": cfg.data.name, "version": version, "content_hash": content_hash, "config_hash": cfg.content_hash(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "corpus": str(root),
+        "documents": {"read": sum(not x["error"] for x in docs), "chunks": len(chunks), "skipped": skipped},
+        "counts": {"splits": {s: len(v) for s, v in splits.items()}, "total": sum(len(v) for v in splits.values()),
+                   "per_topic": per_topic, "per_generator": per_gen},
+        "quality": quality_stats(scored), "leakage": {"overlaps": len(leaks), "group_by": cfg.data.group_by},
+        "files": sorted(p.name for p in out.iterdir()), **extra,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    return out, manifest

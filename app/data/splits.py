@@ -1,0 +1,151 @@
+"""Leak-free splits: stratified by topic, grouped by source document (or chunk), then checked.
+
+Every pair of a group (all pairs of one document, or of one chunk) lands in the same split, so a
+model is never tested on a passage it was trained on. Within each topic, groups are dealt out in
+a seeded random order to whichever split is furthest below its target share, so every topic is
+represented in every split in about the configured proportions.
+
+:func:`check_leakage` then looks for what grouping alone would miss (the same chunk or document in
+two splits, identical or near-identical questions in two splits) and the build fails if it finds any.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from typing import Any
+
+import numpy as np
+
+from app.data.schema import normalize_text
+
+SPLITS = ("train", "validation", "test")
+
+
+class LeakageError(RuntimeError):
+    """The splits share chunks, documents or near-identical questions; the message lists them."""
+
+
+def near_duplicate_links(ids: list[str], vectors: np.ndarray, threshold: float) -> list[tuple[str, str]]:
+    """Pairs of ids whose (unit) question embeddings have cosine >= threshold."""
+    links = []
+    for start in range(0, len(ids), 1024):
+        sims = vectors[start:start + 1024] @ vectors.T
+        for i, j in zip(*np.nonzero(sims >= threshold)):
+            if start + i < j:
+                links.append((ids[start + i], ids[j]))
+    return links
+
+
+def assign_splits(pairs: list[dict[str, Any]], fractions: dict[str, float], group_by: str, seed: int,
+                  links: list[tuple[str, str]] = ()) -> dict[str, str]:
+    """pair_id -> split name. ``group_by``: "document" (doc_id) or "chunk" (chunk_id).
+
+    ``links`` (near-duplicate questions) merge the groups they connect, so the two questions end up
+    in the same split however far apart their sources are.
+    """
+    key = "doc_id" if group_by == "document" else "chunk_id"
+    parent: dict[str, str] = {p[key]: p[key] for p in pairs}
+
+    def root(g: str) -> str:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    group_of = {p["pair_id"]: p[key] for p in pairs}
+    for a, b in links:
+        if a in group_of and b in group_of:
+            ra, rb = root(group_of[a]), root(group_of[b])
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for p in pairs:
+        groups[root(p[key])].append(p)
+    by_topic: dict[str, list[str]] = defaultdict(list)
+    for g, members in groups.items():
+        topic = Counter(m["topic"] for m in members).most_common(1)[0][0]
+        by_topic[topic].append(g)
+    rng = random.Random(seed)
+    assignment: dict[str, str] = {}
+    for topic in sorted(by_topic):
+        names = sorted(by_topic[topic])
+        sizes = {g: len(groups[g]) for g in names}
+        best = _deal(names, sizes, fractions, rng, tries=64)
+        for g, split in best.items():
+            for m in groups[g]:
+                assignment[m["pair_id"]] = split
+    return assignment
+
+
+def _deal(names: list[str], sizes: dict[str, int], fractions: dict[str, float], rng: random.Random,
+          tries: int) -> dict[str, str]:
+    """Groups -> splits whose pair counts come closest to the target shares.
+
+    Each try deals the groups in a random order, each to the split furthest below its target (in
+    pairs); the try with the smallest squared error wins. Random orders keep big and small groups
+    in every split (sorting by size would leave the test split only small documents).
+    """
+    total = sum(sizes.values())
+    targets = {s: fractions[s] * total for s in SPLITS}
+    best, best_err = {}, float("inf")
+    for _ in range(tries):
+        order = names[:]
+        rng.shuffle(order)
+        filled = dict.fromkeys(SPLITS, 0)
+        deal = {}
+        for g in order:
+            split = max(SPLITS, key=lambda s: targets[s] - filled[s])
+            filled[split] += sizes[g]
+            deal[g] = split
+        err = sum((filled[s] - targets[s]) ** 2 for s in SPLITS)
+        if err < best_err:
+            best, best_err = deal, err
+    return best
+
+
+def check_leakage(splits: dict[str, list[dict[str, Any]]], group_by: str,
+                  embeddings: dict[str, np.ndarray] | None = None, near_duplicate: float = 0.92) -> list[dict[str, Any]]:
+    """Every cross-split overlap: shared chunk, shared document (when grouped by document), identical
+    normalized question, or questions with embedding cosine >= ``near_duplicate``. Empty: no leak."""
+    leaks: list[dict[str, Any]] = []
+    names = [s for s in SPLITS if s in splits] + sorted(set(splits) - set(SPLITS))
+    fields = [("chunk_id", "shared chunk")] + ([("doc_id", "shared document")] if group_by == "document" else [])
+    for field, kind in fields:
+        owner: dict[str, str] = {}
+        for split in names:
+            for p in splits[split]:
+                first = owner.setdefault(p[field], split)
+                if first != split:
+                    leaks.append({"kind": kind, "value": p[field], "splits": [first, split], "pair_id": p["pair_id"]})
+    seen: dict[str, tuple[str, str]] = {}
+    for split in names:
+        for p in splits[split]:
+            q = normalize_text(p["question"])
+            if q in seen and seen[q][0] != split:
+                leaks.append({"kind": "identical question", "value": p["question"], "splits": [seen[q][0], split],
+                              "pair_id": p["pair_id"], "other": seen[q][1]})
+            seen.setdefault(q, (split, p["pair_id"]))
+    if embeddings:
+        for a_i, a in enumerate(names):
+            for b in names[a_i + 1:]:
+                ids_a = [p["pair_id"] for p in splits[a] if p["pair_id"] in embeddings]
+                ids_b = [p["pair_id"] for p in splits[b] if p["pair_id"] in embeddings]
+                if not ids_a or not ids_b:
+                    continue
+                va = np.stack([embeddings[i] for i in ids_a])
+                vb = np.stack([embeddings[i] for i in ids_b])
+                for start in range(0, len(ids_a), 1024):
+                    sims = va[start:start + 1024] @ vb.T
+                    for i, j in zip(*np.nonzero(sims >= near_duplicate)):
+                        leaks.append({"kind": "near-duplicate question", "value": f"cosine {sims[i, j]:.3f}",
+                                      "splits": [a, b], "pair_id": ids_a[start + i], "other": ids_b[j]})
+    return leaks
+
+
+def leakage_message(leaks: list[dict[str, Any]], limit: int = 10) -> str:
+    kinds = Counter(leak["kind"] for leak in leaks)
+    lines = [f"{len(leaks)} cross-split overlaps: " + ", ".join(f"{n} {k}" for k, n in kinds.items())]
+    lines += [f"  {leak['kind']}: {leak['value']!s:.80} in {' and '.join(leak['splits'])} (pair {leak['pair_id']})"
+              for leak in leaks[:limit]]
+    return "\n".join(lines)
