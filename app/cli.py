@@ -416,6 +416,8 @@ def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 
 def main() -> None:
+    # Progress lines must show up as they happen in logs and pipes too (block-buffered otherwise).
+    sys.stdout.reconfigure(line_buffering=True)
     app()
 
 

@@ -122,8 +122,10 @@ class GenerationConfig(_Section):
     )
     pairs_per_chunk: PositiveInt = Field(1, le=10, description="QA pairs asked for per chunk.")
     temperature: NonNegativeFloat = Field(0.0, le=2.0)
-    max_tokens: PositiveInt = Field(128, description="Output tokens per request.")
-    batch_size: PositiveInt = Field(4, description="Rows per ray.data.llm batch.")
+    max_tokens: PositiveInt = Field(96, description="Output tokens per request.")
+    batch_size: PositiveInt = Field(
+        1, description="Rows per ray.data.llm batch. Ray's HTTP stage sends a batch's requests one after the other, "
+        "so small batches keep more requests in flight.")
     concurrency: PositiveInt = Field(2, description="Parallel request actors (each sends one batch at a time).")
     max_retries: int = Field(3, ge=0, description="Retries on 408/429/5xx and connection errors.")
     retry_wait_s: PositiveFloat = Field(1.0, description="Base of the exponential backoff between retries.")
@@ -139,7 +141,8 @@ class QualityConfig(_Section):
     min_answer_words: PositiveInt = 2
     max_answer_words: PositiveInt = 150
     min_lexical_grounding: float = Field(
-        0.6, ge=0, le=1, description="Share of the answer's content words found in the source chunk."
+        0.6, ge=0, le=1,
+        description="Share of the answer's new content words (not already in the question) found in the source chunk."
     )
     min_semantic_grounding: float = Field(
         0.45, ge=-1, le=1, description="Cosine (all-MiniLM-L6-v2) of the answer with its evidence passage."

@@ -18,6 +18,7 @@ def job_main(stage: Callable[..., Any], argv: list[str] | None = None) -> None:
     from app.serving.manager import ServeError
     from app.tracking import TrackingError
 
+    sys.stdout.reconfigure(line_buffering=True)  # progress visible live in `ray job logs` and pipes
     parser = argparse.ArgumentParser(description=(stage.__doc__ or "").strip().splitlines()[0])
     parser.add_argument("--config", "-c", type=Path, help="experiment YAML (default: built-in defaults)")
     parser.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",

@@ -148,7 +148,15 @@ def generate_pairs(cfg: ExperimentConfig, chunks: pd.DataFrame, model_path: Path
         where = f"{base} model {model}"
     progress(f"asking the LLM for QA pairs over {len(picked)} chunks ({where}, {g.prompt_style} prompt)")
     started = time.time()
-    outputs = {r["chunk_id"]: r for r in processor(ds).take_all() if r.get("chunk_id")}
+    outputs = {}
+    last = started
+    for r in processor(ds).iter_rows():  # streamed, so progress shows while the engine works
+        if r.get("chunk_id"):
+            outputs[r["chunk_id"]] = r
+        if time.time() - last >= 30 or len(outputs) == len(picked):
+            last, rate = time.time(), len(outputs) / (time.time() - started)
+            eta = (len(picked) - len(outputs)) / rate if rate else float("nan")
+            progress(f"  LLM: {len(outputs)}/{len(picked)} chunks answered ({rate:.2f}/s, about {eta / 60:.0f} min left)")
     seconds = time.time() - started
     rows, errors = [], 0
     for chunk in picked.to_dict("records"):
@@ -396,6 +404,7 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
                    "build_seconds": wall, **{f"pairs_{s}": len(v) for s, v in splits.items()}}
         for gen, st in manifest["quality"].items():
             metrics.update({f"yield_{gen}": st["yield"], f"accepted_{gen}": st["accepted"], f"candidates_{gen}": st["candidates"]})
+            metrics.update({f"{score}_p50_{gen}": st[score]["p50"] for score in SCORES if score in st})
         log_step_metrics(metrics, step=0)
         mlflow.log_artifacts(str(out_dir), artifact_path="dataset")
         for split, rows in splits.items():

@@ -213,6 +213,11 @@ def pairs_from_output(chunk: dict[str, Any], output: str, error: str, origin: st
 # -- ray.data.llm processors -------------------------------------------------------------------
 
 
+def stop_strings(n: int, style: str) -> list[str]:
+    """Small models repeat the pair until max_tokens; for one labelled pair, a second one ends it."""
+    return ["\nQuestion:", "\nQUESTION:"] if style == "labelled" and n == 1 else []
+
+
 class TolerantResponse(aiohttp.ClientResponse):
     """An aiohttp response whose ``json()`` never raises and keeps the HTTP status of errors.
 
@@ -262,9 +267,12 @@ def http_processor(g: GenerationConfig, base_url: str, model: str, style: str, a
     )
     n, temperature, max_tokens = g.pairs_per_chunk, g.temperature, g.max_tokens
 
+    stop = stop_strings(n, style)
+
     def pre(row: dict[str, Any]) -> dict[str, Any]:
-        return {"payload": {"model": model, "messages": build_messages(row, n, style), "temperature": temperature,
-                            "max_tokens": max_tokens, "seed": 0}}
+        payload = {"model": model, "messages": build_messages(row, n, style), "temperature": temperature,
+                   "max_tokens": max_tokens, "seed": 0}
+        return {"payload": {**payload, "stop": stop} if stop else payload}
 
     def post(row: dict[str, Any]) -> dict[str, Any]:
         content, error = response_text(row.get("http_response"))
@@ -286,9 +294,11 @@ def vllm_processor(g: GenerationConfig, model_path: str, style: str, dtype: str,
         engine_kwargs={"dtype": dtype, "max_model_len": max_model_len}, should_continue_on_error=True, **kwargs)
     n, temperature, max_tokens = g.pairs_per_chunk, g.temperature, g.max_tokens
 
+    stop = stop_strings(n, style)
+
     def pre(row: dict[str, Any]) -> dict[str, Any]:
-        return {"messages": build_messages(row, n, style),
-                "sampling_params": {"temperature": temperature, "max_tokens": max_tokens, "seed": 0}}
+        params = {"temperature": temperature, "max_tokens": max_tokens, "seed": 0}
+        return {"messages": build_messages(row, n, style), "sampling_params": {**params, "stop": stop} if stop else params}
 
     def post(row: dict[str, Any]) -> dict[str, Any]:
         error = row.get("__inference_error__") or ""

@@ -4,7 +4,8 @@ Per-pair checks (run on Ray Data, :class:`QualityScorer`):
   * form: the question is a question of sane length that stands on its own (no reference to "the
     text", no unresolved pronoun) and does not contain its answer; the answer has sane length and
     is not degenerate (repeated phrases, the question again);
-  * groundedness: the answer's content words appear in the source chunk (lexical) and the answer
+  * groundedness: the answer's new content words (those not already in the question) appear in
+    the source chunk (lexical), and the answer
     is close to its evidence passage in all-MiniLM-L6-v2 space (semantic); the question's content
     words appear in the chunk too (a question about something the chunk never names is invented);
   * relevance: the answer is close to the question in embedding space.
@@ -57,6 +58,17 @@ def coverage(words: list[str], source: str) -> float:
     return sum(_stem(w) in vocab for w in words) / len(words)
 
 
+def new_information(question: str, answer: str) -> list[str]:
+    """The answer's content words that the question does not already contain (all of them if none).
+
+    Groundedness is judged on these: an answer that restates its question ("The purpose of X is to
+    ...") borrows the question's words, which are in the chunk whether the rest is true or invented.
+    """
+    asked = set(content_words(question))
+    words = content_words(answer)
+    return [w for w in words if w not in asked] or words
+
+
 def repeated_ngram_share(text: str, n: int = 4) -> float:
     words = text.lower().split()
     grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
@@ -99,7 +111,7 @@ def score_frame(df: pd.DataFrame, q: QualityConfig) -> pd.DataFrame:
     vq, va, vp = embed(questions), embed(answers), embed(passages)
     df["score_relevance"] = rowwise_cosine(vq, va)
     df["score_semantic_grounding"] = rowwise_cosine(va, vp)
-    df["score_lexical_grounding"] = [coverage(content_words(a), c) for a, c in zip(answers, df["context"])]
+    df["score_lexical_grounding"] = [coverage(new_information(q, a), c) for q, a, c in zip(questions, answers, df["context"])]
     df["score_question_grounding"] = [coverage(content_words(x), c) for x, c in zip(questions, df["context"])]
     df["q_embedding"] = list(vq)
     df["a_embedding"] = list(va)

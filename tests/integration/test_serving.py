@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 from openai import OpenAI
 
@@ -133,6 +134,31 @@ def test_ray_dashboard_llm_panels_have_data(served):
             break
         time.sleep(2)
     assert len(charted) > 15 and charted <= exported, sorted(charted - exported)
+
+def test_dataset_generation_through_the_served_model(served, mlflow_uri, tmp_path):
+    """`app dataset build` asks the running endpoint for QA pairs via ray.data.llm, without redeploying."""
+    from app.data.corpus import export_stdlib_docs
+
+    docs = tmp_path / "docs"
+    export_stdlib_docs(docs, progress=lambda _: None, modules=["heapq", "bisect"], topics=["if", "while"])
+    sets = [*served["sets"], "--set", "data.name=served-gen", "--set", "data.generation.max_chunks=6",
+            "--set", "data.target_pairs=1", "--set", "data.min_test_pairs=0",
+            "--set", f"data.review_db=sqlite:///{tmp_path / 'review.db'}"]
+    proc = run_cli("app", "dataset", "build", "--docs", str(docs), *sets, env=served["env"], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "using the running Serve endpoint" in proc.stdout
+    out = Path(json.loads(proc.stdout[proc.stdout.rindex('{\n  "run_id"'):])["path"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["generation"]["requests"] == 6 and manifest["generation"]["request_errors"] == 0
+    assert served["url"] in manifest["generation"]["endpoint"]
+    assert manifest["quality"]["llm"]["candidates"] >= 6
+    rows = pd.concat([pd.read_json(out / "rejected.jsonl", lines=True),
+                      *(pd.read_parquet(out / f"{s}.parquet") for s in ("train", "validation", "test"))])
+    llm = rows[rows["generator"] == "llm"]
+    assert len(llm) == manifest["quality"]["llm"]["candidates"]
+    # Every LLM row is either a parsed pair or a rejection that quotes what the model said.
+    assert ((llm["question"].fillna("") != "") | llm["reject_reason"].fillna("").str.startswith("malformed")).all()
+
 
 def test_sweep_measures_batching_and_writes_the_winner(served, mlflow_uri, home):
     """Runs last: the sweep replaces the module's deployment with its own trial and removes it."""

@@ -1,0 +1,118 @@
+"""LLM generation through ray.data.llm's HTTP processor against an endpoint that misbehaves.
+
+A real HTTP server on localhost answers each prompt in one of several ways (chosen by a hash of the
+prompt): a good completion, a completion with no QA pair in it, a JSON 400 error, an HTML 500 page,
+a 200 with a non-JSON body, an empty 200, and a 503 that succeeds on retry. The build must finish,
+record every failure as a rejected row with its reason, and keep the good pairs.
+"""
+
+import json
+import threading
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from app.data.corpus import export_stdlib_docs
+from tests.conftest import free_port, run_cli
+
+pytestmark = pytest.mark.integration
+
+MODES = ["good", "garbage", "json_400", "html_500", "not_json", "empty", "retry_503"]
+
+
+def mode_of(prompt: str) -> str:
+    return MODES[zlib.crc32(prompt.encode()) % len(MODES)]
+
+
+class Endpoint(BaseHTTPRequestHandler):
+    seen: dict[str, int] = {}
+    answered: list[str] = []
+    lock = threading.Lock()
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def send(self, status, body: bytes, ctype="application/json"):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self.send(200, json.dumps({"data": [{"id": "fake-model"}]}).encode())
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"]
+        mode = mode_of(prompt)
+        with self.lock:
+            self.seen[prompt] = self.seen.get(prompt, 0) + 1
+            first = self.seen[prompt] == 1
+            self.answered.append(mode)
+
+        def completion(text):
+            return json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+
+        if mode == "good" or (mode == "retry_503" and not first):
+            words = " ".join(prompt.split()[:8])
+            self.send(200, completion(f"Question: What does the documentation say about {words}?\nAnswer: {prompt[:200]}"))
+        elif mode == "retry_503":
+            self.send(503, b"busy", "text/plain")
+        elif mode == "garbage":
+            self.send(200, completion("I'm ready to help. What's your next question?"))
+        elif mode == "json_400":
+            self.send(400, json.dumps({"error": {"message": "prompt too long"}}).encode())
+        elif mode == "html_500":
+            self.send(500, b"<html><body>Internal Server Error</body></html>", "text/html")
+        elif mode == "not_json":
+            self.send(200, b'{"choices": [ truncated', "application/json")
+        else:
+            self.send(200, b"")
+
+
+@pytest.fixture
+def endpoint():
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Endpoint.seen.clear()
+    Endpoint.answered.clear()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def test_bad_responses_become_rejected_rows_not_a_failed_job(endpoint, tmp_path, mlflow_uri, stored_model):
+    docs = tmp_path / "docs"
+    export_stdlib_docs(docs, progress=lambda _: None, modules=["heapq", "bisect", "textwrap"], topics=["if", "while"])
+    sets = ["--set", "data.name=flaky", "--set", "data.generation.backend=http", "--set", f"data.generation.url={endpoint}",
+            "--set", "data.generation.model=fake-model", "--set", "data.generation.max_chunks=14",
+            "--set", "data.generation.max_retries=2", "--set", "data.generation.retry_wait_s=0.2",
+            "--set", "data.target_pairs=1", "--set", "data.min_test_pairs=0", "--set", "data.extract=[]",
+            "--set", "data.quality.min_lexical_grounding=0", "--set", "data.quality.min_semantic_grounding=-1",
+            "--set", "data.quality.min_relevance=-1", "--set", "data.quality.min_question_grounding=0",
+            "--set", f"data.review_db=sqlite:///{tmp_path / 'review.db'}"]
+    proc = run_cli("app", "dataset", "build", "--docs", str(docs), *sets, env={"RAY_ADDRESS": ""}, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = Path(json.loads(proc.stdout[proc.stdout.rindex('{\n  "run_id"'):])["path"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    modes = {mode_of(p) for p in Endpoint.seen}
+    assert len(Endpoint.seen) == manifest["generation"]["requests"] == 14
+    assert modes >= {"good", "retry_503"} and len(modes) >= 5, f"prompts hit too few modes: {modes}"
+    failed = sum(mode_of(p) in ("json_400", "html_500", "not_json", "empty") for p in Endpoint.seen)
+    assert manifest["generation"]["request_errors"] == failed
+    rejected = pd.read_json(out / "rejected.jsonl", lines=True)
+    reasons = " | ".join(rejected["reject_reason"])
+    if "json_400" in modes:
+        assert "400" in reasons and "prompt too long" in reasons
+    if "html_500" in modes:
+        assert "Internal Server Error" in reasons
+    if "garbage" in modes:
+        assert "no question/answer found" in reasons
+    kept = pd.concat(pd.read_parquet(out / f"{s}.parquet") for s in ("train", "validation", "test"))
+    good = sum(mode_of(p) in ("good", "retry_503") for p in Endpoint.seen)
+    assert len(kept) == good and kept["question"].str.startswith("What does the documentation say").all()
+    # Each 503 was retried once and then answered.
+    assert all(n == (2 if mode_of(p) == "retry_503" else 1) for p, n in Endpoint.seen.items())
