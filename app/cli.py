@@ -331,7 +331,9 @@ def dataset_build(config: ConfigOpt = None, set_: SetOpt = None,
     """Build the QA dataset: chunks, extracted + LLM pairs, quality checks, reviews, leak-free splits."""
     from app.stages import build_dataset
 
-    cfg = _load(config, (set_ or []) + ([f"data.docs_dir={docs.expanduser().resolve()}"] if docs else []))
+    cfg = _load(config, set_)
+    if docs:  # assigned, not passed as an override: a path is not YAML ("#", ": " would be parsed)
+        cfg.data.docs_dir = str(docs.expanduser().resolve())
     console.print_json(data=build_dataset(cfg, config))
 
 

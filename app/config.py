@@ -96,7 +96,7 @@ class SplitFractions(_Section):
 
 
 class GenerationConfig(_Section):
-    """LLM-written QA pairs: one request per chunk through ray.data.llm, structured JSON output."""
+    """LLM-written QA pairs: one request per chunk through ray.data.llm, parsed into question/answer(/evidence)."""
 
     enabled: bool = Field(True, description="Ask an LLM for QA pairs over the chunks.")
     backend: Literal["serve", "http", "vllm"] = Field(

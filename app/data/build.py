@@ -104,8 +104,9 @@ def assign_topics(cfg: ExperimentConfig, docs: list[dict], chunks: pd.DataFrame,
     return "cluster"
 
 
-def sample_chunks(chunks: pd.DataFrame, limit: int | None, seed: int, min_tokens: int = 48) -> pd.DataFrame:
-    """Up to ``limit`` chunks, dealt round-robin across topics in a seeded order (every topic gets some)."""
+def sample_chunks(chunks: pd.DataFrame, limit: int | None, seed: int, min_tokens: int) -> pd.DataFrame:
+    """Up to ``limit`` chunks of at least ``min_tokens``, dealt round-robin across topics in a seeded
+    order (every topic gets some when ``limit`` allows)."""
     pool = chunks[chunks["n_tokens"] >= min_tokens]
     if limit is None or len(pool) <= limit:
         return pool
@@ -132,11 +133,16 @@ def generate_pairs(cfg: ExperimentConfig, chunks: pd.DataFrame, model_path: Path
     from app.data.generate import http_processor, pairs_from_output, vllm_processor
 
     g = cfg.data.generation
-    picked = sample_chunks(chunks, g.max_chunks, cfg.seed)
+    picked = sample_chunks(chunks, g.max_chunks, cfg.seed, cfg.data.min_chunk_tokens)
     if picked.empty:
-        return [], {"requests": 0}
+        progress(f"  no chunk has data.min_chunk_tokens={cfg.data.min_chunk_tokens} tokens: nothing sent to the LLM")
+        return [], {"requests": 0, "request_errors": 0}
     cols = ["chunk_id", "doc_title", "section", "text"]
-    ds = ray.data.from_pandas(picked[cols].reset_index(drop=True))
+    # Many small blocks: Ray Data hands a block to one actor task, so a single block would be
+    # answered by one actor however high the configured concurrency.
+    frame = picked[cols].reset_index(drop=True)
+    n_blocks = min(len(frame), 8 * g.concurrency)
+    ds = ray.data.from_pandas([frame.iloc[i::n_blocks] for i in range(n_blocks)])
     model = g.model or cfg.model.name
     if g.backend == "vllm":
         processor = vllm_processor(g, str(model_path), g.prompt_style, cfg.serving.dtype,
@@ -218,7 +224,7 @@ def score_pairs(cfg: ExperimentConfig, rows: list[dict]) -> pd.DataFrame:
 
     from app.data.quality import QualityScorer
 
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows).drop_duplicates("pair_id", keep="first")  # one id, one pair (same doc, same question)
     for col, default in (("raw_output", ""), ("parse_error", ""), ("evidence_from", "extracted")):
         df[col] = df[col].fillna(default) if col in df else default
     n_blocks = max(1, min(len(df) // 256, 8 * cfg.data.concurrency))
@@ -232,9 +238,11 @@ def score_pairs(cfg: ExperimentConfig, rows: list[dict]) -> pd.DataFrame:
     return out
 
 
-def apply_reviews(cfg: ExperimentConfig, df: pd.DataFrame, decisions: list[dict]) -> tuple[pd.DataFrame, dict[str, int]]:
+def apply_reviews(cfg: ExperimentConfig, df: pd.DataFrame, decisions: list[dict],
+                  doc_ids: set[str]) -> tuple[pd.DataFrame, dict[str, int]]:
     """Reviewers' decisions override the generated pairs and the filter; reviewed pairs missing from
-    this build are added back from the review database."""
+    this build are added back from the review database when their document is still in the corpus
+    (else they are counted as orphaned and stay in the database, untouched)."""
     from app.data.embed import embed
 
     df = df.copy()
@@ -246,6 +254,9 @@ def apply_reviews(cfg: ExperimentConfig, df: pd.DataFrame, decisions: list[dict]
         i = index.get(dec["pair_id"])
         if i is None:
             if dec["status"] == "rejected":
+                continue
+            if dec.get("doc_id") not in doc_ids:
+                counts["orphaned"] += 1
                 continue
             row = {k: dec.get(k) or "" for k in PAIR_KEYS}
             row.update({s: np.nan for s in SCORES}, raw_output="", parse_error="", evidence_from="review")
@@ -332,6 +343,9 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
     if not root.is_dir():
         raise DatasetError(f"data.docs_dir {root} does not exist or is not a folder")
     stored = model_store(cfg).resolve(cfg.model, progress=progress)
+    if not (stored.path / "tokenizer.json").is_file():
+        raise DatasetError(f"model {stored.name} at {stored.path} has no tokenizer.json (a fast tokenizer is needed "
+                           "to count tokens for chunking)")
     store = ReviewStore(d.review_url(home))  # opened first: a bad URL fails before any work
     timings: dict[str, float] = {}
     t0 = time.time()
@@ -376,7 +390,8 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
 
         scored = score_pairs(cfg, candidates)
         timings["quality_s"] = time.time() - t
-        scored, review_counts = apply_reviews(cfg, scored, store.decisions(d.name))
+        scored, review_counts = apply_reviews(cfg, scored, store.decisions(d.name),
+                                              {x["doc_id"] for x in docs if not x["error"]})
         scored = deduplicate(scored, d.quality)
         accepted = scored[scored["accepted"]].reset_index(drop=True)
         progress(f"  {len(accepted)} accepted of {len(scored)} ({timings['quality_s']:.1f} s); reviewer decisions "
@@ -416,12 +431,13 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
         summary = {"run_id": run.info.run_id, "path": str(out_dir), "version": manifest["version"],
                    "pairs": {s: len(v) for s, v in splits.items()}, "leaks": len(leaks),
                    "yield": {g: st["yield"] for g, st in manifest["quality"].items()}, "seconds": round(wall, 1)}
-    if leaks:
-        raise LeakageError(f"{leakage_message(leaks)}\n(report: {out_dir / 'leakage.json'})")
-    if len(accepted) < d.target_pairs or len(splits["test"]) < d.min_test_pairs:
-        raise DatasetError(f"the build kept {len(accepted)} pairs ({len(splits['test'])} in test), below "
-                           f"data.target_pairs={d.target_pairs} / data.min_test_pairs={d.min_test_pairs}; "
-                           f"see {out_dir / 'manifest.json'} for the reject reasons per generator")
+        # Raised inside the run, so MLflow marks it FAILED; the written files stay for inspection.
+        if leaks:
+            raise LeakageError(f"{leakage_message(leaks)}\n(report: {out_dir / 'leakage.json'})")
+        if len(accepted) < d.target_pairs or len(splits["test"]) < d.min_test_pairs:
+            raise DatasetError(f"the build kept {len(accepted)} pairs ({len(splits['test'])} in test), below "
+                               f"data.target_pairs={d.target_pairs} / data.min_test_pairs={d.min_test_pairs}; "
+                               f"see {out_dir / 'manifest.json'} for the reject reasons per generator")
     (datasets_root(cfg) / "LATEST").write_text(manifest["version"])
     progress(f"dataset {d.name} {manifest['version']}: " + ", ".join(f"{s} {len(v)}" for s, v in splits.items())
              + f"; written to {out_dir}")

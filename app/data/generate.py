@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from app.config import GenerationConfig
-from app.data.schema import pair_id
+from app.data.schema import normalize_text, pair_id
 
 SYSTEM_PROMPT = "You write question-answer pairs for a study set about technical documentation."
 
@@ -141,7 +141,7 @@ def parse_pairs(text: str) -> list[dict[str, str]]:
     seen, unique = set(), []
     for p in pairs:
         p = {k: re.sub(r"\s+", " ", v).strip().strip('"').strip() for k, v in p.items()}
-        key = p["question"].lower()
+        key = normalize_text(p["question"])  # the same key pair ids use
         if p["question"] and p["answer"] and key not in seen:
             seen.add(key)
             unique.append(p)
@@ -195,16 +195,16 @@ def pairs_from_output(chunk: dict[str, Any], output: str, error: str, origin: st
     base.update(context=chunk["text"], generator="llm", origin=origin)
     if error:
         return [{**base, "pair_id": pair_id("llm", chunk["chunk_id"], "!error"), "question": "", "answer": "",
-                 "evidence": "", "raw_output": output[:2000], "parse_error": error}]
+                 "evidence": "", "raw_output": output[:2000], "parse_error": f"request failed: {error}"}]
     try:
         parsed = parse_pairs(output)
     except ParseError as exc:
         return [{**base, "pair_id": pair_id("llm", chunk["chunk_id"], "!unparsed"), "question": "", "answer": "",
-                 "evidence": "", "raw_output": output[:2000], "parse_error": str(exc)}]
+                 "evidence": "", "raw_output": output[:2000], "parse_error": f"malformed model output: {exc}"}]
     rows = []
     for p in parsed:
         evidence, how = locate_evidence(chunk["text"], p["answer"], p["evidence"])
-        rows.append({**base, "pair_id": pair_id("llm", chunk["chunk_id"], p["question"]), "question": p["question"],
+        rows.append({**base, "pair_id": pair_id("llm", chunk["doc_id"], p["question"]), "question": p["question"],
                      "answer": p["answer"], "evidence": evidence, "raw_output": output[:2000],
                      "parse_error": "", "evidence_from": how})
     return rows

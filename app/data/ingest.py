@@ -1,7 +1,7 @@
 """Corpus ingestion: a folder of documents -> documents, token-aware chunks and extracted QA pairs.
 
-The folder is listed on the driver (so unsupported and hidden files are reported, not silently
-dropped), then Ray Data reads and parses every file in parallel. One bad file never stops the
+The folder is listed on the driver (so unsupported files are reported, not silently dropped;
+hidden files and folders are left out), then Ray Data reads and parses every file in parallel. One bad file never stops the
 run: it comes back as a row with its reason, and the build lists it in its report.
 """
 
@@ -116,6 +116,17 @@ def process_document(row: dict[str, Any], *, tokenizer_file: str, chunk_tokens: 
     except OSError as exc:
         out["error"] = f"unreadable: {exc.strerror or exc}"
         return out
+    try:
+        return _chunk_and_extract(out, rel, doc, tokenizer_file=tokenizer_file, chunk_tokens=chunk_tokens,
+                                  chunk_overlap=chunk_overlap, min_chunk_tokens=min_chunk_tokens,
+                                  extract_kinds=extract_kinds)
+    except Exception as exc:  # noqa: BLE001 - one odd file must not stop the corpus; it is reported
+        out.update(error=f"failed to process: {type(exc).__name__}: {exc}"[:300], chunks=[], extracted=[])
+        return out
+
+
+def _chunk_and_extract(out: dict[str, Any], rel: str, doc: Any, *, tokenizer_file: str, chunk_tokens: int,
+                       chunk_overlap: int, min_chunk_tokens: int, extract_kinds: list[str]) -> dict[str, Any]:
     text = doc.text
     enc = load_tokenizer(tokenizer_file).encode(text, add_special_tokens=False)
     heads = headings(text)
@@ -138,7 +149,7 @@ def _extracted_row(p: Any, chunks: list[dict[str, Any]], title: str, heads: Any)
     holder = next((c for c in chunks if c["start"] <= p.start and p.end <= c["end"]), None)
     if holder is None:
         holder = max(chunks, key=lambda c: min(c["end"], p.end) - max(c["start"], p.start))
-    return {"pair_id": pair_id(p.kind, holder["chunk_id"], p.question), "question": p.question, "answer": p.answer,
+    return {"pair_id": pair_id(p.kind, holder["doc_id"], p.question), "question": p.question, "answer": p.answer,
             "evidence": p.evidence, "generator": p.kind, "origin": f"extracted:{p.kind}", "doc_id": holder["doc_id"],
             "doc_path": holder["doc_path"], "doc_title": title, "section": section_at(heads, p.start) or title,
             "chunk_id": holder["chunk_id"], "context": holder["text"], "topic": holder["topic"]}

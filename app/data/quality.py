@@ -35,7 +35,7 @@ _PRONOUN = re.compile(r"\b(it|its|they|them|their|he|she|his|her|this|these|thos
 # A code span or quoted name resolves "it": "What does `x()` return when it fails?" is fine.
 _NAMED = re.compile(r"`[^`]+`|\"[^\"]+\"|'[^']+'|\b[A-Za-z_]+\.[A-Za-z_]+|\b[a-z_]+\(\)")
 # Generator preference when duplicates collide: what a person wrote or checked beats what a model wrote.
-_PREFERENCE = {"review": 0, "faq": 1, "heading_question": 2, "definition": 3, "llm": 4}
+_PREFERENCE = {"faq": 1, "heading_question": 2, "definition": 3, "llm": 4}
 
 
 def content_words(text: str) -> list[str]:
@@ -119,7 +119,7 @@ def score_frame(df: pd.DataFrame, q: QualityConfig) -> pd.DataFrame:
     reasons = []
     for i, (question, answer, perr) in enumerate(zip(questions, answers, parse_errors)):
         if perr:
-            reasons.append(f"malformed model output: {perr}")
+            reasons.append(perr)  # "request failed: ..." or "malformed model output: ..."
             continue
         why = form_problems(question, answer, q)
         row = df.iloc[i]

@@ -1,10 +1,11 @@
 """The record every stage passes on: one QA pair with its source, as a flat dict (a Ray Data row).
 
 Keys (all strings unless noted):
-    pair_id        stable id: hash of (generator, chunk_id, original question); survives rebuilds
+    pair_id        stable id: hash of (generator, doc_id, original question), so it survives rebuilds and
+                   edits elsewhere in the document (chunk numbers shift; the document id is its path)
     question, answer
     evidence       the passage of the source chunk that supports the answer ("" when the generator gave none)
-    generator      "llm" | "faq" | "heading_question" | "definition" | "review" (added by a reviewer)
+    generator      "llm" | "faq" | "heading_question" | "definition"
     origin         free text: the model id for llm pairs, the extraction rule otherwise
     doc_id, doc_path, doc_title, section   the source document and the heading path inside it
     chunk_id, context   the source chunk (context = its text, what the model sees at training time)
@@ -21,7 +22,7 @@ class DatasetError(RuntimeError):
     """The dataset cannot be built as configured; the message says what to change."""
 
 
-GENERATORS = ("llm", "faq", "heading_question", "definition", "review")
+GENERATORS = ("llm", "faq", "heading_question", "definition")
 PAIR_KEYS = ("pair_id", "question", "answer", "evidence", "generator", "origin", "doc_id", "doc_path", "doc_title",
              "section", "chunk_id", "context", "topic")
 
@@ -31,6 +32,7 @@ def normalize_text(text: str) -> str:
     return re.sub(r"\s+", " ", text.lower()).strip(" \t\n.?!:;,")
 
 
-def pair_id(generator: str, chunk_id: str, question: str) -> str:
-    key = f"{generator}\x1f{chunk_id}\x1f{normalize_text(question)}"
+def pair_id(generator: str, scope: str, question: str) -> str:
+    """Id of a pair: its generator, the document (or chunk, for per-chunk error rows) and question."""
+    key = f"{generator}\x1f{scope}\x1f{normalize_text(question)}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]

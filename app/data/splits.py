@@ -1,9 +1,10 @@
 """Leak-free splits: stratified by topic, grouped by source document (or chunk), then checked.
 
 Every pair of a group (all pairs of one document, or of one chunk) lands in the same split, so a
-model is never tested on a passage it was trained on. Within each topic, groups are dealt out in
-a seeded random order to whichever split is furthest below its target share, so every topic is
-represented in every split in about the configured proportions.
+model is never tested on a passage it was trained on. Groups are dealt out in a seeded random
+order to whichever split is furthest below its target share, counted overall and within the
+group's topic, so the splits have about the configured sizes and each topic is spread over them
+as far as its number of groups allows.
 
 :func:`check_leakage` then looks for what grouping alone would miss (the same chunk or document in
 two splits, identical or near-identical questions in two splits) and the build fails if it finds any.
@@ -62,43 +63,50 @@ def assign_splits(pairs: list[dict[str, Any]], fractions: dict[str, float], grou
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for p in pairs:
         groups[root(p[key])].append(p)
-    by_topic: dict[str, list[str]] = defaultdict(list)
-    for g, members in groups.items():
-        topic = Counter(m["topic"] for m in members).most_common(1)[0][0]
-        by_topic[topic].append(g)
-    rng = random.Random(seed)
-    assignment: dict[str, str] = {}
-    for topic in sorted(by_topic):
-        names = sorted(by_topic[topic])
-        sizes = {g: len(groups[g]) for g in names}
-        best = _deal(names, sizes, fractions, rng, tries=64)
-        for g, split in best.items():
-            for m in groups[g]:
-                assignment[m["pair_id"]] = split
-    return assignment
+    topic_of = {g: Counter(m["topic"] for m in members).most_common(1)[0][0] for g, members in groups.items()}
+    sizes = {g: len(members) for g, members in groups.items()}
+    deal = _deal(sorted(groups), sizes, topic_of, fractions, random.Random(seed), tries=64)
+    return {m["pair_id"]: deal[g] for g, members in groups.items() for m in members}
 
 
-def _deal(names: list[str], sizes: dict[str, int], fractions: dict[str, float], rng: random.Random,
-          tries: int) -> dict[str, str]:
-    """Groups -> splits whose pair counts come closest to the target shares.
+def _deal(names: list[str], sizes: dict[str, int], topic_of: dict[str, str], fractions: dict[str, float],
+          rng: random.Random, tries: int) -> dict[str, str]:
+    """Groups -> splits, close to the target shares overall and within each topic.
 
-    Each try deals the groups in a random order, each to the split furthest below its target (in
-    pairs); the try with the smallest squared error wins. Random orders keep big and small groups
-    in every split (sorting by size would leave the test split only small documents).
+    Each try walks the topics round-robin, each topic's groups in a random order, and gives every
+    group to the split furthest below its target (relative shortfall), counted both overall and
+    within the group's topic; the try with the smallest squared error (overall + per topic) wins. So a
+    topic of one or two documents still feeds the small splits when they need it, and random orders
+    keep big and small documents in every split (sorting by size would leave test only small ones).
     """
     total = sum(sizes.values())
-    targets = {s: fractions[s] * total for s in SPLITS}
+    by_topic: dict[str, list[str]] = defaultdict(list)
+    for g in names:
+        by_topic[topic_of[g]].append(g)
+    topic_total = {t: sum(sizes[g] for g in gs) for t, gs in by_topic.items()}
     best, best_err = {}, float("inf")
     for _ in range(tries):
-        order = names[:]
-        rng.shuffle(order)
+        queues = {t: rng.sample(gs, len(gs)) for t, gs in sorted(by_topic.items())}
+        order = []
+        while queues:
+            for t in list(queues):
+                order.append(queues[t].pop())
+                if not queues[t]:
+                    del queues[t]
         filled = dict.fromkeys(SPLITS, 0)
+        topic_filled = {t: dict.fromkeys(SPLITS, 0) for t in by_topic}
         deal = {}
         for g in order:
-            split = max(SPLITS, key=lambda s: targets[s] - filled[s])
+            t = topic_of[g]
+            # Shortfall as a share of each target, so the small splits are not starved while the
+            # big one catches up; a random jitter breaks ties.
+            split = max(SPLITS, key=lambda s: 1 - filled[s] / (fractions[s] * total)
+                        + 1 - topic_filled[t][s] / (fractions[s] * topic_total[t]) + 1e-6 * rng.random())
             filled[split] += sizes[g]
+            topic_filled[t][split] += sizes[g]
             deal[g] = split
-        err = sum((filled[s] - targets[s]) ** 2 for s in SPLITS)
+        err = sum((filled[s] - fractions[s] * total) ** 2 for s in SPLITS) + sum(
+            (topic_filled[t][s] - fractions[s] * topic_total[t]) ** 2 for t in by_topic for s in SPLITS)
         if err < best_err:
             best, best_err = deal, err
     return best

@@ -157,7 +157,7 @@ def test_dataset_generation_through_the_served_model(served, mlflow_uri, tmp_pat
     llm = rows[rows["generator"] == "llm"]
     assert len(llm) == manifest["quality"]["llm"]["candidates"]
     # Every LLM row is either a parsed pair or a rejection that quotes what the model said.
-    assert ((llm["question"].fillna("") != "") | llm["reject_reason"].fillna("").str.startswith("malformed")).all()
+    assert ((llm["question"].fillna("") != "") | llm["reject_reason"].fillna("").str.startswith("malformed model output")).all()
 
 
 def test_sweep_measures_batching_and_writes_the_winner(served, mlflow_uri, home):

@@ -51,9 +51,9 @@ def test_evidence_claimed_verbatim_or_matched():
 
 def test_rows_for_errors_and_malformed_output_never_raise():
     [row] = pairs_from_output(CHUNK, "", "endpoint error: {'status': 500}", "llm:m")
-    assert row["parse_error"].startswith("endpoint error") and row["question"] == ""
+    assert row["parse_error"].startswith("request failed: endpoint error") and row["question"] == ""
     [row] = pairs_from_output(CHUNK, "I'm ready to help. What's your next question?", "", "llm:m")
-    assert "no question/answer" in row["parse_error"]
+    assert row["parse_error"].startswith("malformed model output: no question/answer")
     [row] = pairs_from_output(CHUNK, "Question: What does os.getcwd() return?\nAnswer: The current working directory.",
                               "", "llm:m")
     assert row["parse_error"] == "" and row["generator"] == "llm" and row["context"] == CHUNK["text"]

@@ -32,7 +32,7 @@ def test_scores_accept_grounded_and_reject_invented_answers():
         row("good", "What does heapq.heappop() return?", "It pops and returns the smallest item from the heap."),
         row("made-up", "What does heapq.heappop() return?", "A sorted list of every prime number below one million."),
         row("off-topic", "What is the capital of Australia?", "It pops and returns the smallest item from the heap."),
-        row("broken", "", "", perr="no question/answer found in output"),
+        row("broken", "", "", perr="malformed model output: no question/answer found in output"),
     ]), Q).set_index("pair_id")
     assert df.loc["good", "accepted"], df.loc["good", "reject_reason"]
     assert "not grounded" in df.loc["made-up", "reject_reason"]

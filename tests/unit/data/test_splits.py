@@ -66,3 +66,11 @@ def test_near_duplicate_questions_across_splits_are_caught():
     leaks = check_leakage(splits, "document", emb, near_duplicate=0.95)
     assert len(leaks) == 1 and leaks[0]["kind"] == "near-duplicate question" and {leaks[0]["pair_id"], leaks[0]["other"]} == {"x", "t"}
     assert near_duplicate_links(["x", "y", "z", "t"], np.stack([v[0], v[1], v[2], twin]), 0.95) == [("x", "t")]
+
+
+def test_many_small_topics_still_fill_validation_and_test():
+    # 10 topics of 2 documents each: a per-topic deal would give every document to train.
+    ps = pairs(n_docs=20, topics=tuple("abcdefghij"))
+    splits = split_lists(ps, assign_splits(ps, FRACTIONS, "document", seed=0))
+    assert len(splits["validation"]) >= 5 and len(splits["test"]) >= 5
+    assert check_leakage(splits, "document") == []
