@@ -63,48 +63,37 @@ def create_app(store: ReviewStore) -> FastAPI:
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
         return _error(400, f"invalid request: {problems}")
 
+    @app.exception_handler(ReviewError)  # every JSON endpoint: 404 for an unknown id, else 400
+    async def _refused(_request: Request, exc: ReviewError) -> JSONResponse:
+        return _store_error(exc)
+
     # -- JSON API ---------------------------------------------------------------------------------
 
     @app.get("/api/items")
     def api_items(status: str | None = None, topic: str | None = None, generator: str | None = None,
                   limit: str | None = None, offset: str | None = None) -> Any:
-        try:
-            lim, off = _int_param(limit, "limit", 50), _int_param(offset, "offset", 0)
-            status, topic, generator = status or None, topic or None, generator or None
-            items = store.items(status=status, topic=topic, generator=generator, limit=lim, offset=off)
-            total = store.count(status=status, topic=topic, generator=generator)
-        except ReviewError as exc:
-            return _store_error(exc)
+        lim, off = _int_param(limit, "limit", 50), _int_param(offset, "offset", 0)
+        status, topic, generator = status or None, topic or None, generator or None
+        items = store.items(status=status, topic=topic, generator=generator, limit=lim, offset=off)
+        total = store.count(status=status, topic=topic, generator=generator)
         return {"items": items, "total": total, "limit": lim, "offset": off}
 
     @app.get("/api/items/{pair_id}")
     def api_item(pair_id: str) -> Any:
-        try:
-            return store.get(pair_id)
-        except ReviewError as exc:
-            return _store_error(exc)
+        return store.get(pair_id)
 
     @app.get("/api/items/{pair_id}/history")
     def api_history(pair_id: str) -> Any:
-        try:
-            return store.history(pair_id)
-        except ReviewError as exc:
-            return _store_error(exc)
+        return store.history(pair_id)
 
     @app.post("/api/items/{pair_id}/review")
     def api_review(pair_id: str, body: ReviewRequest) -> Any:
-        try:
-            return store.review(pair_id, body.reviewer, body.action, question=body.question, answer=body.answer,
-                                note=body.note)
-        except ReviewError as exc:
-            return _store_error(exc)
+        return store.review(pair_id, body.reviewer, body.action, question=body.question, answer=body.answer,
+                            note=body.note)
 
     @app.get("/api/next")
     def api_next(status: str | None = "pending", topic: str | None = None, after: str | None = None) -> Any:
-        try:
-            return store.next_item(_status_filter(status), topic or None, after or None)
-        except ReviewError as exc:
-            return _store_error(exc)
+        return store.next_item(_status_filter(status), topic or None, after or None)
 
     @app.get("/api/stats")
     def api_stats() -> Any:

@@ -303,3 +303,19 @@ def test_cli(tmp_path, pairs):
     res = runner.invoke(review_app, ["import", str(out), "--reviewer", "dave", *opts])
     assert res.exit_code == 0 and "1 changed, 2 unchanged" in res.output
     assert store.get(lines[0]["pair_id"])["status"] == "approved"
+
+
+def test_json_api_maps_refusals_to_status_codes(store, pairs):
+    from fastapi.testclient import TestClient
+
+    from app.data.review_web import create_app
+
+    store.sync(pairs, dataset="d", build="b1")
+    pid = pairs[0]["pair_id"]
+    client = TestClient(create_app(store))
+    assert client.get("/api/items/no-such-id").status_code == 404
+    assert "limit must be an integer" in client.get("/api/items?limit=abc").json()["error"]
+    refused = client.post(f"/api/items/{pid}/review", json={"reviewer": "", "action": "approve"})
+    assert refused.status_code == 400 and client.get(f"/api/items/{pid}/history").json() == []
+    assert client.post(f"/api/items/{pid}/review", json={"reviewer": "ana", "action": "approve"}).status_code == 200
+    assert [e["action"] for e in client.get(f"/api/items/{pid}/history").json()] == ["approve"]
