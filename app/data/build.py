@@ -191,6 +191,13 @@ def ensure_served(cfg: ExperimentConfig, progress: Callable[[str], None]) -> Non
         progress(f"using the running Serve endpoint {base_url(cfg.serving)} for {model}")
         return
     progress(f"deploying {model} on Ray Serve for QA generation (minutes on a CPU machine)")
+    import ray
+
+    if ray.is_initialized():
+        # An earlier stage of this process (the pipeline's model check) may have started a private
+        # local cluster, which would die with the process and has too few CPUs for Serve: let `up`
+        # join or start the persistent one instead.
+        ray.shutdown()
     up(cfg, progress)
 
 
