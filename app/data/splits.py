@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -27,15 +27,18 @@ class LeakageError(RuntimeError):
     """The splits share chunks, documents or near-identical questions; the message lists them."""
 
 
+def close_pairs(a: np.ndarray, b: np.ndarray, threshold: float, block: int = 1024) -> Iterator[tuple[int, int, float]]:
+    """(row of a, row of b, cosine) for every pair of unit vectors with cosine >= threshold, computed
+    in blocks of rows so memory stays bounded."""
+    for start in range(0, len(a), block):
+        sims = a[start:start + block] @ b.T
+        for i, j in zip(*np.nonzero(sims >= threshold)):
+            yield start + int(i), int(j), float(sims[i, j])
+
+
 def near_duplicate_links(ids: list[str], vectors: np.ndarray, threshold: float) -> list[tuple[str, str]]:
     """Pairs of ids whose (unit) question embeddings have cosine >= threshold."""
-    links = []
-    for start in range(0, len(ids), 1024):
-        sims = vectors[start:start + 1024] @ vectors.T
-        for i, j in zip(*np.nonzero(sims >= threshold)):
-            if start + i < j:
-                links.append((ids[start + i], ids[j]))
-    return links
+    return [(ids[i], ids[j]) for i, j, _ in close_pairs(vectors, vectors, threshold) if i < j]
 
 
 def assign_splits(pairs: list[dict[str, Any]], fractions: dict[str, float], group_by: str, seed: int,
@@ -143,11 +146,9 @@ def check_leakage(splits: dict[str, list[dict[str, Any]]], group_by: str,
                     continue
                 va = np.stack([embeddings[i] for i in ids_a])
                 vb = np.stack([embeddings[i] for i in ids_b])
-                for start in range(0, len(ids_a), 1024):
-                    sims = va[start:start + 1024] @ vb.T
-                    for i, j in zip(*np.nonzero(sims >= near_duplicate)):
-                        leaks.append({"kind": "near-duplicate question", "value": f"cosine {sims[i, j]:.3f}",
-                                      "splits": [a, b], "pair_id": ids_a[start + i], "other": ids_b[j]})
+                for i, j, sim in close_pairs(va, vb, near_duplicate):
+                    leaks.append({"kind": "near-duplicate question", "value": f"cosine {sim:.3f}",
+                                  "splits": [a, b], "pair_id": ids_a[i], "other": ids_b[j]})
     return leaks
 
 
