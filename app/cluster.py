@@ -18,5 +18,5 @@ def connect(cfg: RayConfig) -> dict[str, float]:
     if not ray.is_initialized():
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         kwargs = {"address": address} if address else {"num_cpus": cfg.num_cpus}
-        ray.init(**kwargs, log_to_driver=True, include_dashboard=None if address else False)
+        ray.init(**kwargs, log_to_driver=True, include_dashboard=None if address else cfg.dashboard)
     return ray.cluster_resources()

@@ -80,6 +80,9 @@ class RayConfig(_Section):
         "else start a local cluster on demand.",
     )
     num_cpus: PositiveInt | None = Field(None, description="CPUs for a local cluster started on demand.")
+    dashboard: bool = Field(
+        True, description="Start the Ray dashboard (and the state API Ray Train's cleanup relies on) with a local "
+        "cluster started on demand; clusters started with `ray start --head` have their own.")
 
 
 class SplitFractions(_Section):
@@ -220,6 +223,36 @@ class DataConfig(_Section):
         return self.review_db or f"sqlite:///{home / 'review' / 'review.db'}"
 
 
+class PromptConfig(_Section):
+    """How a (context, question) record is put to the model: the same in training, evaluation and serving."""
+
+    system: str | None = Field(None, description="System message; None: none (SmolLM2's template adds its own).")
+    template: str = Field(
+        "Answer the question using the context.\n\nContext:\n{context}\n\nQuestion: {question}",
+        description="User message when a context is given; must contain {context} and {question}.")
+    no_context_template: str = Field("{question}", description="User message without a context; must contain {question}.")
+    use_context: bool = Field(True, description="Put the source passage in the prompt (retrieval-augmented answers).")
+    max_context_tokens: PositiveInt = Field(
+        384, description="Contexts are cut to this many tokens (the base model's tokenizer) before templating.")
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> PromptConfig:
+        import string
+
+        for name, text, needed in (("template", self.template, {"context", "question"}),
+                                   ("no_context_template", self.no_context_template, {"question"})):
+            try:
+                fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+            except ValueError as exc:
+                raise ValueError(f"prompt.{name} is not a valid format string: {exc}") from None
+            if needed - fields:
+                raise ValueError(f"prompt.{name} must contain {sorted('{' + f + '}' for f in needed - fields)}")
+            if fields - needed:
+                raise ValueError(f"prompt.{name} may only use {sorted('{' + f + '}' for f in needed)}, "
+                                 f"got {sorted('{' + f + '}' for f in fields - needed)}")
+        return self
+
+
 class LoraConfig(_Section):
     r: PositiveInt = Field(16, description="LoRA rank.")
     alpha: PositiveFloat = Field(32, description="LoRA scaling numerator (scale = alpha / r).")
@@ -240,22 +273,85 @@ class LoraConfig(_Section):
         return v
 
 
+CHECKPOINT_METRICS = {  # metric -> which way is better
+    "val_token_f1": "max", "val_exact_match": "max", "val_domain_accuracy": "max",
+    "val_semantic_similarity": "max", "val_loss": "min",
+}
+# Training fields that may change when a run resumes under the same name: they do not change what
+# the saved state means (the schedule's length may: see the resume check in app.train.run).
+RESUMABLE_CHANGES = ("max_steps", "eval_every", "keep_checkpoints", "max_failures", "log_every",
+                     "val_generation_samples", "val_loss_samples", "val_max_new_tokens", "val_batch_size",
+                     "compare_on_validation", "compare_samples", "register_model", "output_model", "run_name", "init_from",
+                     "init_weights_only", "eval_at_start", "cpus_per_worker")
+
+
 class TrainingConfig(_Section):
+    """LoRA fine-tuning on Ray Train with DeepSpeed: optimizer, schedule, scale, validation, checkpoints."""
+
     lr: PositiveFloat = Field(2e-4, description="Peak learning rate (> 0).")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay on the adapter weights.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas, each in [0, 1).")
-    scheduler: Literal["linear", "cosine", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    max_steps: PositiveInt = Field(200, description="Optimizer steps.")
-    micro_batch_size: PositiveInt = 4
-    grad_accum_steps: PositiveInt = 1
-    grad_clip: PositiveFloat | None = Field(1.0, description="Max gradient norm; None disables clipping.")
-    num_workers: PositiveInt = Field(2, description="Ray Train workers.")
-    use_gpu: bool = False
+    eps: PositiveFloat = Field(1e-8, description="AdamW epsilon.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "cosine", description="Learning-rate decay after warmup (to 0 at max_steps; constant stays at lr).")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of max_steps with linear warmup from 0.")
+    max_steps: PositiveInt = Field(200, description="Optimizer steps; the data repeats in epochs as needed.")
+    micro_batch_size: PositiveInt = Field(
+        4, description="Sequences per worker per forward pass (packed sequences when packing is on).")
+    grad_accum_steps: PositiveInt = Field(1, description="Micro-batches per optimizer step on each worker.")
+    grad_clip: PositiveFloat | None = Field(1.0, description="Max global gradient norm; None disables clipping.")
+    num_workers: PositiveInt = Field(2, description="Ray Train workers (data-parallel ranks).")
+    use_gpu: bool = Field(False, description="One GPU per worker (NCCL); False: CPU workers (gloo).")
+    cpus_per_worker: PositiveInt = Field(
+        1, description="CPUs reserved per worker; on CPU also its torch thread count.")
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
-    eval_every: PositiveInt = Field(50, description="Validate and checkpoint every N optimizer steps.")
+    offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer state and step on the CPU (stages 1-3).")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 where the worker's device supports it (GPUs with bf16, CPUs with "
+        "AVX-512 BF16 or AMX), else fp32. bf16/fp16 run the model in half precision with fp32 master weights.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory, ~30% slower).")
+    max_seq_len: PositiveInt | None = Field(
+        None, description="Longest training sequence in tokens; longer examples are dropped and counted. "
+        "None: model.max_seq_len.")
+    packing: bool = Field(
+        False, description="Pack several examples into each sequence of max_seq_len tokens (no padding; "
+        "attention stays within each example).")
+    eval_every: PositiveInt = Field(50, description="Validate and checkpoint every N optimizer steps (and at the end).")
+    eval_at_start: bool = Field(
+        True, description="Validate before the first step: the adapter starts at zero, so this scores the base model "
+        "exactly as the checkpoints are scored.")
+    val_loss_samples: PositiveInt | None = Field(
+        None, description="Validation examples for the loss (the first N of the split); None: all.")
+    val_generation_samples: int = Field(
+        32, ge=0, description="Validation examples answered greedily for the generation metrics (a fixed, "
+        "topic-stratified sample); 0: loss only.")
+    val_max_new_tokens: PositiveInt = Field(64, description="Answer length limit for validation generation.")
+    val_batch_size: PositiveInt = Field(8, description="Prompts per generate call in validation.")
+    checkpoint_metric: Literal[
+        "val_token_f1", "val_exact_match", "val_domain_accuracy", "val_semantic_similarity", "val_loss"
+    ] = Field("val_token_f1", description="Checkpoints are ranked by this validation metric.")
     keep_checkpoints: PositiveInt = Field(2, description="Best checkpoints kept by the validation metric.")
-    packing: bool = False
+    max_failures: int = Field(
+        2, ge=-1, description="Automatic restarts from the latest checkpoint after a worker or node dies; -1: no limit.")
+    log_every: PositiveInt = Field(1, description="Log training metrics to MLflow every N steps.")
+    run_name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Ray Train run name under <home>/train/. Running again with the same name resumes from its "
+        "latest checkpoint. None: <experiment name>-<hash of the settings that define the run>.")
+    init_from: str | None = Field(
+        None, description="Start from a checkpoint: a folder, or RUN/step-NNNNNN, RUN/latest or RUN/best under "
+        "<home>/train/. Resumes optimizer, schedule and step when compatible.")
+    init_weights_only: bool = Field(
+        False, description="With init_from: take only the adapter weights; optimizer, schedule and step start fresh.")
+    output_model: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Model-store name of the merged fine-tuned model; None: <model.name>-lora.")
+    register_model: bool = Field(True, description="Register the best model in the MLflow model registry.")
+    compare_on_validation: bool = Field(
+        True, description="After training, answer the validation split with the base and the fine-tuned model the "
+        "same way (greedy, val_max_new_tokens, model.dtype) and report both domain accuracies.")
+    compare_samples: PositiveInt | None = Field(
+        None, description="Validation examples in that comparison (a fixed topic-stratified sample); None: all.")
 
     @field_validator("betas")
     @classmethod
@@ -264,11 +360,51 @@ class TrainingConfig(_Section):
             raise ValueError(f"each beta must be in [0, 1), got {list(v)}")
         return v
 
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingConfig:
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3")
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("precision fp16 needs GPUs (use bf16 or fp32 on CPU)")
+        if self.init_weights_only and not self.init_from:
+            raise ValueError("init_weights_only needs init_from")
+        return self
+
+
+class TuneConfig(_Section):
+    """Ray Tune search over LoRA rank, alpha and learning rate; each trial is a short training run."""
+
+    num_samples: PositiveInt = Field(4, description="Trials sampled from the search space.")
+    max_concurrent_trials: PositiveInt = Field(1, description="Trials running at once (each takes its own workers).")
+    max_steps: PositiveInt = Field(30, description="Optimizer steps per trial.")
+    eval_every: PositiveInt = Field(10, description="Validation every N steps in a trial (what the scheduler sees).")
+    num_workers: PositiveInt = Field(1, description="Ray Train workers per trial.")
+    cpus_per_worker: PositiveInt = Field(2, description="CPUs per trial worker.")
+    r: list[PositiveInt] = Field(default_factory=lambda: [8, 16, 32], min_length=1, description="LoRA ranks to choose from.")
+    alpha: list[PositiveFloat] = Field(
+        default_factory=lambda: [16, 32, 64], min_length=1, description="LoRA alphas to choose from.")
+    lr: tuple[PositiveFloat, PositiveFloat] = Field(
+        (5e-5, 1e-3), description="Learning rate range, sampled log-uniformly [low, high].")
+    scheduler: Literal["asha", "fifo"] = Field(
+        "asha", description="asha: stop trials that trail at each validation (successive halving); fifo: run all.")
+    grace_period: PositiveInt = Field(1, description="ASHA: validations a trial gets before it can be stopped.")
+    val_generation_samples: int = Field(16, ge=0, description="Validation generation sample per trial.")
+
+    @field_validator("lr")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] > v[1]:
+            raise ValueError(f"lr range must be [low, high], got {list(v)}")
+        return v
+
 
 class EvaluationConfig(_Section):
     max_new_tokens: PositiveInt = 128
-    f1_threshold: float = Field(0.5, ge=0, le=1, description="Domain accuracy: correct when token F1 >= this ...")
-    similarity_threshold: float = Field(0.8, ge=0, le=1, description="... or semantic similarity >= this.")
+    f1_threshold: float = Field(0.5, ge=0, le=1, description="Domain accuracy: token F1 at least this counts ...")
+    similarity_threshold: float = Field(
+        0.8, ge=0, le=1, description="... and so does semantic similarity (all-MiniLM-L6-v2 cosine) at least this.")
+    domain_rule: Literal["f1_or_similarity", "f1_and_similarity", "f1", "similarity"] = Field(
+        "f1_or_similarity", description="Which of the two thresholds make an answer correct for domain accuracy.")
     bootstrap_samples: PositiveInt = 1000
     confidence: float = Field(0.95, gt=0, lt=1)
 
@@ -461,8 +597,10 @@ class ExperimentConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
@@ -482,6 +620,9 @@ class ExperimentConfig(_Section):
             if serving.max_model_len > self.model.max_seq_len:
                 raise ValueError(f"serve_sweep trial {name!r}: max_model_len ({serving.max_model_len}) exceeds "
                                  f"model.max_seq_len ({self.model.max_seq_len})")
+        if self.training.max_seq_len and self.training.max_seq_len > self.model.max_seq_len:
+            raise ValueError(f"training.max_seq_len ({self.training.max_seq_len}) exceeds model.max_seq_len "
+                             f"({self.model.max_seq_len})")
         if self.serving.max_model_len > self.model.max_seq_len:
             raise ValueError(
                 f"serving.max_model_len ({self.serving.max_model_len}) exceeds model.max_seq_len "

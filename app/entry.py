@@ -17,6 +17,8 @@ def job_main(stage: Callable[..., Any], argv: list[str] | None = None) -> None:
     from app.model_store import ModelStoreError
     from app.serving.manager import ServeError
     from app.tracking import TrackingError
+    from app.train.checkpoint import CheckpointError
+    from app.train.run import TrainingError
 
     sys.stdout.reconfigure(line_buffering=True)  # progress visible live in `ray job logs` and pipes
     parser = argparse.ArgumentParser(description=(stage.__doc__ or "").strip().splitlines()[0])
@@ -31,7 +33,8 @@ def job_main(stage: Callable[..., Any], argv: list[str] | None = None) -> None:
         sys.exit(2)
     try:
         result = stage(cfg, args.config)
-    except (ModelStoreError, TrackingError, ServeError, DatasetError, LeakageError) as exc:
+    except (ModelStoreError, TrackingError, ServeError, DatasetError, LeakageError, TrainingError,
+            CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     print(json.dumps(result, indent=2, default=str))

@@ -55,3 +55,32 @@ def answer_questions(
         if on_answer:
             on_answer(a)
     return out
+
+
+def generate_batch(model, tokenizer, conversations: list[list[dict[str, str]]], max_new_tokens: int,
+                   batch_size: int = 8, synced_gpus: bool = False) -> list[str]:
+    """Greedy answers to chat conversations, ``batch_size`` at a time with left padding.
+
+    ``synced_gpus`` keeps data-parallel ranks stepping together (needed under ZeRO-3, where every
+    forward gathers parameters from all ranks): each rank must then call this the same number of
+    times with the same ``batch_size``.
+    """
+    import torch
+
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[str] = []
+    try:
+        for i in range(0, len(conversations), batch_size):
+            enc = tokenizer.apply_chat_template(conversations[i:i + batch_size], add_generation_prompt=True,
+                                                return_tensors="pt", return_dict=True, padding=True)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            with torch.inference_mode():
+                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
+                                     synced_gpus=synced_gpus)
+            new = ids[:, enc["input_ids"].shape[1]:]
+            out.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+    return out

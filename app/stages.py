@@ -110,6 +110,21 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, **kw: 
     return build(cfg, config_path, **kw)
 
 
+def finetune(cfg: ExperimentConfig, config_path: Path | None = None, **kw: Any) -> dict[str, Any]:
+    """LoRA fine-tuning on Ray Train + DeepSpeed (see app.train.run)."""
+    from app.train.run import finetune as run
+
+    return run(cfg, config_path, **kw)
+
+
+def tune_lora(cfg: ExperimentConfig, config_path: Path | None = None, **kw: Any) -> dict[str, Any]:
+    """Ray Tune search over LoRA rank, alpha and learning rate (see app.train.tune)."""
+    from app.train.tune import tune_lora as run
+
+    return run(cfg, config_path, **kw)
+
+
 STAGES: dict[str, Callable[..., dict[str, Any]]] = {"prepare_model": prepare_model, "build_dataset": build_dataset,
-                                                    "serve_sweep": serve_sweep}
-PIPELINE: list[str] = ["prepare_model", "build_dataset"]
+                                                    "serve_sweep": serve_sweep, "finetune": finetune,
+                                                    "tune_lora": tune_lora}
+PIPELINE: list[str] = ["prepare_model", "build_dataset", "finetune"]

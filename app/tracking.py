@@ -201,15 +201,24 @@ def start_run(
     inputs: dict[str, str] | None = None,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator[Any]:
     """Open an MLflow run for one job and record its config, code and environment.
 
-    ``inputs`` maps input names to content hashes (see :func:`hash_path`).
+    ``inputs`` maps input names to content hashes (see :func:`hash_path`). ``resume_run_id``
+    reopens an earlier run (a resumed training run keeps one metric history); its params stay as
+    first logged and the resumed config is added as ``config/resumed-<time>.yaml``.
     """
     import mlflow
 
     uri = connect(cfg)
     mlflow.set_experiment(cfg.tracking.experiment or cfg.name)
+    if resume_run_id:
+        with mlflow.start_run(run_id=resume_run_id) as run:
+            mlflow.set_tags({"resumed": time.strftime("%Y-%m-%dT%H:%M:%S"), **(tags or {})})
+            mlflow.log_text(cfg.to_yaml(), f"config/resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+            yield run
+        return
     git = git_state()
     versions = package_versions()
     digest = cfg.content_hash()

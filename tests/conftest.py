@@ -47,6 +47,56 @@ def mlflow_uri(home):
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
+FAQ_HTML = """<html><head><title>Team FAQ</title></head><body><h1>Deployment FAQ</h1>
+<p><b>Q:</b> How long does a canary deployment of the billing service run?</p>
+<p><b>A:</b> A canary deployment of the billing service runs for thirty minutes before full rollout.</p>
+<h2>Who approves a rollback of the billing service?</h2>
+<p>The on-call engineer of the billing team approves every rollback of the billing service.</p>
+<script>alert("ignored")</script></body></html>"""
+
+
+@pytest.fixture(scope="session")
+def qa_docs(tmp_path_factory) -> Path:
+    """A small team corpus: eight standard modules and five language topics as Markdown, an HTML FAQ,
+    a PDF, and files that cannot be read (empty, binary, latin-1, an image)."""
+    from app.data.corpus import export_stdlib_docs
+    from tests.unit.data.test_formats import tiny_pdf
+
+    root = tmp_path_factory.mktemp("docs")
+    export_stdlib_docs(root / "stdlib", progress=lambda _: None,
+                       modules=["json", "heapq", "bisect", "shutil", "textwrap", "fnmatch", "glob", "statistics"],
+                       topics=["if", "while", "assert", "del", "pass"])
+    (root / "team").mkdir()
+    (root / "team" / "faq.html").write_text(FAQ_HTML)
+    (root / "team" / "notes.pdf").write_bytes(tiny_pdf("The billing service stores invoices for seven years."))
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "empty.md").write_bytes(b"")
+    (bad / "binary.md").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (bad / "latin1.txt").write_bytes("Caf\xe9 cr\xe8me br\xfbl\xe9e".encode("latin-1"))
+    (bad / "image.png").write_bytes(b"\x89PNG\r\n")
+    return root
+
+
+def build_dataset(docs: Path, name: str, review_db: str, extra=()):
+    """`app dataset build` over ``docs`` without LLM generation; (summary, process)."""
+    import json
+
+    sets = ["--set", f"data.name={name}", "--set", "data.generation.enabled=false", "--set", "data.target_pairs=20",
+            "--set", "data.min_test_pairs=1", "--set", f"data.review_db={review_db}", *extra]
+    proc = run_cli("app", "dataset", "build", "--docs", str(docs), *sets, env={"RAY_ADDRESS": ""}, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout[proc.stdout.rindex('{\n  "run_id"'):]), proc
+
+
+@pytest.fixture(scope="session")
+def qa_build(qa_docs, tmp_path_factory, mlflow_uri, stored_model):
+    """The dataset it-build, built once for the session (the dataset tests check it, training uses it)."""
+    db = f"sqlite:///{tmp_path_factory.mktemp('review') / 'review.db'}"
+    summary, proc = build_dataset(qa_docs, "it-build", db)
+    return {"summary": summary, "db": db, "stdout": proc.stdout}
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path = ROOT):
     """Run the installed `app` command (or another console script) and capture its output."""
     cmd = [str(BIN / args[0]), *args[1:]]

@@ -11,54 +11,24 @@ import mlflow
 import pandas as pd
 import pytest
 
-from app.data.corpus import export_stdlib_docs
 from app.data.review import ReviewStore
-from tests.conftest import run_cli
-from tests.unit.data.test_formats import tiny_pdf
+from tests.conftest import build_dataset
 
 pytestmark = pytest.mark.integration
 
-FAQ_HTML = """<html><head><title>Team FAQ</title></head><body><h1>Deployment FAQ</h1>
-<p><b>Q:</b> How long does a canary deployment of the billing service run?</p>
-<p><b>A:</b> A canary deployment of the billing service runs for thirty minutes before full rollout.</p>
-<h2>Who approves a rollback of the billing service?</h2>
-<p>The on-call engineer of the billing team approves every rollback of the billing service.</p>
-<script>alert("ignored")</script></body></html>"""
+
+@pytest.fixture(scope="module")
+def docs(qa_docs) -> Path:
+    return qa_docs
 
 
 @pytest.fixture(scope="module")
-def docs(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("docs")
-    export_stdlib_docs(root / "stdlib", progress=lambda _: None,
-                       modules=["json", "heapq", "bisect", "shutil", "textwrap", "fnmatch", "glob", "statistics"],
-                       topics=["if", "while", "assert", "del", "pass"])
-    (root / "team").mkdir()
-    (root / "team" / "faq.html").write_text(FAQ_HTML)
-    (root / "team" / "notes.pdf").write_bytes(tiny_pdf("The billing service stores invoices for seven years."))
-    bad = root / "bad"
-    bad.mkdir()
-    (bad / "empty.md").write_bytes(b"")
-    (bad / "binary.md").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
-    (bad / "latin1.txt").write_bytes("Caf\xe9 cr\xe8me br\xfbl\xe9e".encode("latin-1"))
-    (bad / "image.png").write_bytes(b"\x89PNG\r\n")
-    return root
+def first(qa_build):
+    return qa_build
 
 
 def build(docs, tmp_path_factory, name, review_db, extra=()):
-    sets = ["--set", f"data.name={name}", "--set", "data.generation.enabled=false", "--set", "data.target_pairs=20",
-            "--set", "data.min_test_pairs=1", "--set", f"data.review_db={review_db}",
-            *extra]
-    proc = run_cli("app", "dataset", "build", "--docs", str(docs), *sets, env={"RAY_ADDRESS": ""}, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads(proc.stdout[proc.stdout.rindex('{\n  "run_id"'):])
-    return summary, proc
-
-
-@pytest.fixture(scope="module")
-def first(docs, tmp_path_factory, mlflow_uri, stored_model):
-    db = f"sqlite:///{tmp_path_factory.mktemp('review') / 'review.db'}"
-    summary, proc = build(docs, tmp_path_factory, "it-build", db)
-    return {"summary": summary, "db": db, "stdout": proc.stdout}
+    return build_dataset(docs, name, review_db, extra)
 
 
 def load(path: Path) -> dict[str, pd.DataFrame]:

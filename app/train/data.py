@@ -1,0 +1,101 @@
+"""Training examples from QA records: chat-formatted token ids with answer-only labels.
+
+Plain functions (one of them the Ray Data tokenization step); batching and the loss live in
+:mod:`app.train.batching`.
+
+An example is ``{"input_ids": [...], "labels": [...]}`` where ``labels`` is -100 on every prompt
+token (system, user turn with context and question, the assistant header) and equals the token on
+the answer and its end-of-turn marker, so the loss is on the answer only.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from app.config import PromptConfig
+from app.prompts import qa_messages, truncate_context
+from app.train.batching import IGNORE_INDEX
+
+
+
+class TemplateError(ValueError):
+    """The model's chat template does not render a prompt as a prefix of the same prompt with its answer."""
+
+
+def _ids(encoded: Any) -> list[int]:
+    # transformers 5 returns a BatchEncoding from apply_chat_template(tokenize=True) unless told otherwise
+    return list(encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded)
+
+
+def encode_example(tokenizer: Any, question: str, answer: str, context: str | None,
+                   prompt: PromptConfig) -> dict[str, list[int]]:
+    """Token ids of the whole conversation and labels masked to the answer.
+
+    Raises TemplateError when the template renders the prompt differently once an answer follows
+    (the answer span could not be located reliably).
+    """
+    if prompt.use_context and context:
+        context = truncate_context(context, tokenizer, prompt.max_context_tokens)
+    prompt_ids = _ids(tokenizer.apply_chat_template(qa_messages(question, context, prompt), add_generation_prompt=True,
+                                                    tokenize=True, return_dict=False))
+    full_ids = _ids(tokenizer.apply_chat_template(qa_messages(question, context, prompt, answer=answer),
+                                                  tokenize=True, return_dict=False))
+    if full_ids[:len(prompt_ids)] != prompt_ids or len(full_ids) <= len(prompt_ids):
+        raise TemplateError("the chat template does not render the prompt as a prefix of prompt + answer; "
+                            "answer-only loss needs a template that appends the assistant turn")
+    return {"input_ids": full_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + full_ids[len(prompt_ids):]}
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(model_path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path)
+
+
+def tokenize_batch(batch: pd.DataFrame, model_path: str, prompt: dict[str, Any], max_seq_len: int) -> pd.DataFrame:
+    """Ray Data ``map_batches`` function: QA records -> examples, flagging those over ``max_seq_len``.
+
+    Adds columns input_ids, labels (int64 arrays, cut to max_seq_len), n_tokens, n_answer_tokens and
+    too_long; the other columns pass through. The tokenizer is loaded once per worker process.
+    """
+    tokenizer = _tokenizer(model_path)
+    cfg = PromptConfig.model_validate(prompt)
+    ids, labels, n_tokens, n_answer, too_long = [], [], [], [], []
+    contexts = batch["context"] if "context" in batch else [None] * len(batch)
+    for q, a, c in zip(batch["question"], batch["answer"], contexts):
+        ex = encode_example(tokenizer, str(q), str(a), c if isinstance(c, str) else None, cfg)
+        n = len(ex["input_ids"])
+        ids.append(np.asarray(ex["input_ids"][:max_seq_len], dtype=np.int64))
+        labels.append(np.asarray(ex["labels"][:max_seq_len], dtype=np.int64))
+        n_tokens.append(n)
+        n_answer.append(sum(t != IGNORE_INDEX for t in ex["labels"]))
+        too_long.append(n > max_seq_len)
+    return batch.assign(input_ids=ids, labels=labels, n_tokens=n_tokens, n_answer_tokens=n_answer, too_long=too_long)
+
+
+def stratified_sample(records: list[dict[str, Any]], n: int, seed: int, key: str = "topic") -> list[dict[str, Any]]:
+    """Up to ``n`` records dealt round-robin across ``key`` values in a seeded order (deterministic)."""
+    if n >= len(records):
+        return list(records)
+    rng = random.Random(seed)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(str(r.get(key, "")), []).append(r)
+    queues = []
+    for k in sorted(groups):
+        g = list(groups[k])
+        rng.shuffle(g)
+        queues.append(g)
+    out: list[dict[str, Any]] = []
+    while len(out) < n:
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop())
+        queues = [q for q in queues if q]
+    return out
