@@ -368,6 +368,9 @@ class TrainingConfig(_Section):
             raise ValueError("precision fp16 needs GPUs (use bf16 or fp32 on CPU)")
         if self.init_weights_only and not self.init_from:
             raise ValueError("init_weights_only needs init_from")
+        if self.val_generation_samples == 0 and self.checkpoint_metric != "val_loss":
+            raise ValueError(f"checkpoint_metric {self.checkpoint_metric} comes from generated answers: set "
+                             "val_generation_samples > 0, or checkpoint_metric: val_loss")
         return self
 
 

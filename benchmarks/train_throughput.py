@@ -108,6 +108,7 @@ def main() -> None:
                 overrides = {"num_workers": w, "cpus_per_worker": max(1, int(resources.get("CPU", cores)) // w),
                              "zero_stage": z, "max_steps": args.steps, "eval_every": args.steps,
                              "eval_at_start": False, "val_generation_samples": 0, "val_loss_samples": w,
+                             "checkpoint_metric": "val_loss",
                              "keep_checkpoints": 1, "run_name": name, "max_failures": 0}
                 raw = cfg.to_dict()
                 raw["training"].update(overrides)

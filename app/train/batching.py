@@ -14,6 +14,23 @@ import numpy as np
 IGNORE_INDEX = -100
 
 
+def _fill(rows: list[dict[str, Any]], pad_id: int, left: bool) -> tuple[Any, Any, list[slice]]:
+    """input_ids and labels of ``rows`` padded to the longest (pad_id / -100), and each row's span."""
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    spans = []
+    for i, r in enumerate(rows):
+        k = len(r["input_ids"])
+        span = slice(width - k, width) if left else slice(0, k)
+        ids[i, span] = torch.as_tensor(np.asarray(r["input_ids"]), dtype=torch.long)
+        labels[i, span] = torch.as_tensor(np.asarray(r["labels"]), dtype=torch.long)
+        spans.append(span)
+    return ids, labels, spans
+
+
 def pad_batch(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     """Left-padded tensors: input_ids, labels (-100 on padding), attention_mask, position_ids.
 
@@ -22,16 +39,10 @@ def pad_batch(examples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     """
     import torch
 
-    width = max(len(e["input_ids"]) for e in examples)
-    n = len(examples)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        k = len(e["input_ids"])
-        ids[i, width - k:] = torch.as_tensor(np.asarray(e["input_ids"]), dtype=torch.long)
-        labels[i, width - k:] = torch.as_tensor(np.asarray(e["labels"]), dtype=torch.long)
-        mask[i, width - k:] = 1
+    ids, labels, spans = _fill(examples, pad_id, left=True)
+    mask = torch.zeros_like(ids)
+    for i, span in enumerate(spans):
+        mask[i, span] = 1
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
     return {"input_ids": ids, "labels": labels, "attention_mask": mask, "position_ids": position_ids}
 
@@ -67,18 +78,12 @@ def pad_packed(sequences: list[dict[str, list[int]]], pad_id: int) -> dict[str, 
     """
     import torch
 
-    width = max(len(s["input_ids"]) for s in sequences)
-    n = len(sequences)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-    position_ids = torch.zeros((n, width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        k = len(s["input_ids"])
-        ids[i, :k] = torch.as_tensor(s["input_ids"])
-        labels[i, :k] = torch.as_tensor(s["labels"])
-        position_ids[i, :k] = torch.as_tensor(s["position_ids"])
-        if k < width:
-            position_ids[i, k:] = torch.arange(s["position_ids"][-1] + 1, s["position_ids"][-1] + 1 + width - k)
+    ids, labels, spans = _fill(sequences, pad_id, left=False)
+    position_ids = torch.zeros_like(ids)
+    for i, (seq, span) in enumerate(zip(sequences, spans)):
+        position_ids[i, span] = torch.as_tensor(seq["position_ids"])
+        last = seq["position_ids"][-1]
+        position_ids[i, span.stop:] = torch.arange(last + 1, last + 1 + ids.shape[1] - span.stop)
     return {"input_ids": ids, "labels": labels, "position_ids": position_ids}
 
 

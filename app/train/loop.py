@@ -186,24 +186,16 @@ def micro_batches(shard: Any, cfg: ExperimentConfig, epoch: int, pad_id: int, ma
                 n += 1
                 yield {"input_ids": b["input_ids"][i], "labels": b["labels"][i]}
 
-    if t.packing:
-        group: list[dict[str, list[int]]] = []
-        for seq in pack_examples(rows(), max_len):
-            group.append(seq)
-            if len(group) == t.micro_batch_size:
-                yield pad_packed(group, pad_id), sum(len(g["input_ids"]) for g in group)
-                group = []
-        if group:
-            yield pad_packed(group, pad_id), sum(len(g["input_ids"]) for g in group)
-        return
-    group_rows: list[dict[str, Any]] = []
-    for r in rows():
-        group_rows.append(r)
-        if len(group_rows) == t.micro_batch_size:
-            yield pad_batch(group_rows, pad_id), sum(len(r["input_ids"]) for r in group_rows)
-            group_rows = []
-    if group_rows:
-        yield pad_batch(group_rows, pad_id), sum(len(r["input_ids"]) for r in group_rows)
+    # micro_batch_size sequences per batch: packed ones (several examples each) or single examples.
+    source, collate = (pack_examples(rows(), max_len), pad_packed) if t.packing else (rows(), pad_batch)
+    group: list[dict[str, Any]] = []
+    for item in source:
+        group.append(item)
+        if len(group) == t.micro_batch_size:
+            yield collate(group, pad_id), sum(len(g["input_ids"]) for g in group)
+            group = []
+    if group:
+        yield collate(group, pad_id), sum(len(g["input_ids"]) for g in group)
 
 
 def _to(batch: dict[str, Any], device: Any) -> dict[str, Any]:

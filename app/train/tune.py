@@ -134,12 +134,14 @@ def tune_lora(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_o
                                 + "; ".join(e for e in table["error"] if e)[:1500])
         best = ok.iloc[0]
         overrides = [f"lora.r={int(best['r'])}", f"lora.alpha={best['alpha']:g}", f"training.lr={best['lr']:.3g}"]
+        best_run = f"{search}-{best['trial']}"
         mlflow.log_metrics({f"best_{metric}": float(best[metric]), "trials": len(table),
                             "trials_failed": int((table["error"] != "").sum()), "search_seconds": time.time() - started})
         mlflow.set_tags({"tune.best": " ".join(overrides)})
         progress(table.to_string(index=False))
-        progress(f"best: {' '.join('--set ' + o for o in overrides)} ({metric} {best[metric]:.4f})")
-        return {"run_id": parent_id, "search": search, "trials": table.to_dict("records"),
+        progress(f"best: {' '.join('--set ' + o for o in overrides)} ({metric} {best[metric]:.4f}); its "
+                 f"checkpoints: training.init_from={best_run}/best")
+        return {"run_id": parent_id, "search": search, "trials": table.to_dict("records"), "best_run": best_run,
                 "best": {"r": int(best["r"]), "alpha": float(best["alpha"]), "lr": float(best["lr"]),
                          metric: float(best[metric])},
                 "overrides": overrides, "seconds": round(time.time() - started, 1), **counts}

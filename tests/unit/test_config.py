@@ -46,6 +46,18 @@ def write(tmp_path, data) -> Path:
         ({"trainng": {"lr": 1e-4}}, "trainng", "Extra inputs are not permitted"),
         ({"training": {"learning_rate": 1e-4}}, "training.learning_rate", "Extra inputs are not permitted"),
         ({"model": {"name": "../etc"}}, "model.name", "should match pattern"),
+        ({"training": {"offload_optimizer": True, "zero_stage": 0}}, "training", "needs zero_stage 1, 2 or 3"),
+        ({"training": {"precision": "fp16"}}, "training", "fp16 needs GPUs"),
+        ({"training": {"init_weights_only": True}}, "training", "init_weights_only needs init_from"),
+        ({"training": {"val_generation_samples": 0}}, "training", "set val_generation_samples > 0"),
+        ({"training": {"checkpoint_metric": "accuracy"}}, "training.checkpoint_metric", "val_token_f1"),
+        ({"training": {"run_name": "a b"}}, "training.run_name", "should match pattern"),
+        ({"training": {"max_seq_len": 4096}}, "(top level)", "training.max_seq_len (4096) exceeds model.max_seq_len"),
+        ({"tune": {"lr": [1e-3, 1e-5]}}, "tune.lr", "[low, high]"),
+        ({"tune": {"r": []}}, "tune.r", "at least 1 item"),
+        ({"prompt": {"template": "Q: {question}"}}, "prompt", "must contain ['{context}']"),
+        ({"prompt": {"template": "{context} {question} {answer}"}}, "prompt", "may only use"),
+        ({"evaluation": {"domain_rule": "vibes"}}, "evaluation.domain_rule", "f1_or_similarity"),
     ],
 )
 def test_bad_config_names_field_and_rule(tmp_path, data, field, rule):
