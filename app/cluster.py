@@ -6,17 +6,39 @@ import os
 
 from app.config import RayConfig
 
+# Whether this process's Ray connection forwards the cluster's worker output (progress lines of
+# training workers, Ray Data tasks) to its own stdout. Serving commands connect without it (engine
+# logs would flood them); a later stage that needs its workers' progress reconnects.
+# None: this process connected some other way (left as it is).
+_forwarding: dict[str, bool | None] = {"logs": None}
+
+
+def note_connection(log_to_driver: bool) -> None:
+    """Record how the process just connected (for callers that call ray.init themselves)."""
+    _forwarding["logs"] = log_to_driver
+
 
 def connect(cfg: RayConfig) -> dict[str, float]:
-    """Initialise Ray once per process and return the cluster's resources.
+    """Initialise Ray once per process, forwarding worker output, and return the cluster's resources.
 
     Under ``ray job submit`` RAY_ADDRESS is set and the job joins that cluster; otherwise
-    ``ray.init`` starts a local cluster that lives as long as this process.
+    ``ray.init`` starts a local cluster that lives as long as this process (a cluster started
+    with `ray start` is joined only when named, by ``ray.address: auto`` or RAY_ADDRESS). A connection made
+    without log forwarding (``app serve up`` inside the pipeline) is re-made to the same cluster
+    with it, so workers' progress shows in this job's output.
     """
     import ray
 
-    if not ray.is_initialized():
+    if ray.is_initialized() and _forwarding["logs"] is False:
+        address = ray.get_runtime_context().gcs_address
+        ray.shutdown()
+        ray.init(address=address, log_to_driver=True)
+        note_connection(True)
+    elif not ray.is_initialized():
         address = cfg.address or os.environ.get("RAY_ADDRESS")
-        kwargs = {"address": address} if address else {"num_cpus": cfg.num_cpus}
+        # "local": without it ray.init joins whatever /tmp/ray/ray_current_cluster names, a
+        # cluster that may be long gone (a stale file fails the connection after a minute).
+        kwargs = {"address": address} if address else {"address": "local", "num_cpus": cfg.num_cpus}
         ray.init(**kwargs, log_to_driver=True, include_dashboard=None if address else cfg.dashboard)
+        note_connection(True)
     return ray.cluster_resources()

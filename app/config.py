@@ -76,7 +76,7 @@ class ModelConfig(_Section):
 class RayConfig(_Section):
     address: str | None = Field(
         None,
-        description="Ray cluster address. None: use RAY_ADDRESS when set (as under `ray job submit`), "
+        description="Ray cluster address (\"auto\": the cluster `ray start` started on this machine). None: use RAY_ADDRESS when set (as under `ray job submit`), "
         "else start a local cluster on demand.",
     )
     num_cpus: PositiveInt | None = Field(None, description="CPUs for a local cluster started on demand.")

@@ -107,9 +107,12 @@ def start_server(cfg: TrackingConfig, home: Path) -> str:
         # One worker: a 2-core machine gains nothing from four, and each costs ~150 MB.
         "--workers", "1",
     ]
+    # MLflow 3's server-side job runner (GenAI judges, trace roll-ups; unused here) starts about ten
+    # consumer processes, ~2 GB of memory a training run needs more.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
     with paths.log.open("ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
     paths.state.write_text(json.dumps({"pid": proc.pid, "uri": uri, "cmd": cmd}))
     deadline = time.time() + cfg.start_timeout_s
     while time.time() < deadline:

@@ -51,7 +51,7 @@ def main() -> None:
         if not attach(cfg):
             raise SystemExit("--llm-chunks needs the Serve endpoint: run `app serve up` first")
     else:
-        ray.init(num_cpus=max(levels), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=max(levels), include_dashboard=False, log_to_driver=False)
     build._data_context()
     results = []
     for level in levels:

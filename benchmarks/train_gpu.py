@@ -35,16 +35,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
 
 
+LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                 num_key_value_heads=8)
+TINY = dict(vocab_size=32000, hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2)
+
+
 def build(args):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=args.layers,
-                         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
-                         rope_theta=500000.0, tie_word_embeddings=False, attn_implementation="sdpa")
+    shape = TINY if args.tiny else LLAMA3_8B
+    config = LlamaConfig(**shape, num_hidden_layers=args.layers, max_position_embeddings=8192, rope_theta=500000.0,
+                         tie_word_embeddings=False, attn_implementation="sdpa")
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(args.device):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.config.use_cache = False
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
@@ -63,7 +68,9 @@ def flops_per_token(config, seq: int) -> float:
 
 
 def run_case(model, config, case: str, micro_batch: int, seq: int, steps: int, warmup: int, checkpointing: bool,
-             answer_frac: float) -> dict:
+             answer_frac: float, device: str) -> dict:
+    import resource
+
     import torch
 
     from app.train.batching import IGNORE_INDEX, causal_lm_loss
@@ -73,13 +80,16 @@ def run_case(model, config, case: str, micro_batch: int, seq: int, steps: int, w
         model.enable_input_require_grads()
     else:
         model.gradient_checkpointing_disable()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
-    torch.cuda.reset_peak_memory_stats()
-    gen = torch.Generator(device="cuda").manual_seed(1)
+    cuda = device == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=cuda)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    gen = torch.Generator(device=device).manual_seed(1)
     times = []
     for step in range(warmup + steps):
-        ids = torch.randint(0, config.vocab_size, (micro_batch, seq), device="cuda", generator=gen)
-        torch.cuda.synchronize()
+        ids = torch.randint(0, config.vocab_size, (micro_batch, seq), device=device, generator=gen)
+        sync()
         t = time.perf_counter()
         if case == "baseline":
             loss = model(input_ids=ids, labels=ids).loss
@@ -90,12 +100,13 @@ def run_case(model, config, case: str, micro_batch: int, seq: int, steps: int, w
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
+        sync()
         if step >= warmup:
             times.append(time.perf_counter() - t)
     tok_s = micro_batch * seq * steps / sum(times)
     return {"case": case, "micro_batch": micro_batch, "checkpointing": checkpointing, "tokens_per_s": tok_s,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "loss": float(loss)}
+            "peak_gib": (torch.cuda.max_memory_allocated() if cuda else
+                         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30, "loss": float(loss)}
 
 
 def main() -> None:
@@ -104,14 +115,17 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=32, help="fewer for a quick look (not comparable)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--answer-frac", type=float, default=0.15,
-                        help="share of each sequence that is answer (scored); the QA data here: ~0.1-0.2")
+    parser.add_argument("--answer-frac", type=float, default=0.1,
+                        help="share of each sequence that is answer (scored); the default dataset here: 0.064")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
+    parser.add_argument("--device", default="cuda", help="cuda; cpu only to smoke-test this script with --tiny")
+    parser.add_argument("--tiny", action="store_true", help="a tiny Llama shape: checks the script runs, figures "
+                        "mean nothing")
     args = parser.parse_args()
 
     import torch
 
-    name = torch.cuda.get_device_name()
+    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     model, config = build(args)
     fpt = flops_per_token(config, args.seq)
@@ -120,17 +134,19 @@ def main() -> None:
     results = []
     for case, mb, gc in cases:
         try:
-            r = run_case(model, config, case, mb, args.seq, args.steps, args.warmup, gc, args.answer_frac)
+            r = run_case(model, config, case, mb, args.seq, args.steps, args.warmup, gc, args.answer_frac, args.device)
         except torch.OutOfMemoryError:
             r = {"case": case, "micro_batch": mb, "checkpointing": gc, "tokens_per_s": None, "peak_gib": None,
                  "error": "out of memory"}
-            torch.cuda.empty_cache()
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
         if r["tokens_per_s"]:
             r["mfu"] = r["tokens_per_s"] * fpt / (peak * 1e12) if peak else None
         results.append(r)
         print(json.dumps(r), flush=True)
     base = max((r["tokens_per_s"] or 0) for r in results if r["case"] == "baseline")
-    print(f"\n{name}, Llama-3-8B shape ({args.layers} layers), seq {args.seq}, LoRA r=16 x 7, bf16, "
+    print(f"\n{name}, {'TINY (smoke test)' if args.tiny else 'Llama-3-8B'} shape ({args.layers} layers), "
+          f"seq {args.seq}, LoRA r=16 x 7, bf16, "
           f"answer share {args.answer_frac}; ratio vs the best baseline row")
     print(f"{'case':<9} {'mb':>3} {'ckpt':>5} {'tok/s':>8} {'ratio':>6} {'MFU':>6} {'peak GiB':>9}")
     for r in results:

@@ -175,8 +175,10 @@ def generate_pairs(cfg: ExperimentConfig, chunks: pd.DataFrame, model_path: Path
     return rows, info
 
 
-def ensure_served(cfg: ExperimentConfig, progress: Callable[[str], None]) -> None:
-    """Join the cluster of a Serve app that already serves the generation model, else deploy it."""
+def ensure_served(cfg: ExperimentConfig, progress: Callable[[str], None]) -> bool:
+    """Join the cluster of a Serve app that already serves the generation model, else deploy it.
+
+    Returns True when this call deployed it (the build then removes it when done)."""
     import httpx
 
     from app.serving.manager import attach, base_url, headers, up
@@ -189,7 +191,7 @@ def ensure_served(cfg: ExperimentConfig, progress: Callable[[str], None]) -> Non
         served = False
     if served and attach(cfg):
         progress(f"using the running Serve endpoint {base_url(cfg.serving)} for {model}")
-        return
+        return False
     progress(f"deploying {model} on Ray Serve for QA generation (minutes on a CPU machine)")
     import ray
 
@@ -199,6 +201,7 @@ def ensure_served(cfg: ExperimentConfig, progress: Callable[[str], None]) -> Non
         # join or start the persistent one instead.
         ray.shutdown()
     up(cfg, progress)
+    return True
 
 
 def endpoint(cfg: ExperimentConfig) -> tuple[str, str | None]:
@@ -358,8 +361,9 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
     t0 = time.time()
     tags = {"rerun_of": rerun_of} if rerun_of else {}
     with start_run(cfg, "build_dataset", config_path, inputs={"corpus": hash_path(root)}, tags=tags) as run:
+        deployed = False
         if d.generation.enabled and d.generation.backend == "serve":
-            ensure_served(cfg, progress)
+            deployed = ensure_served(cfg, progress)
         else:
             cluster.connect(cfg.ray)
         _data_context()
@@ -385,6 +389,13 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
             t = time.time()
             llm_rows, gen_info = generate_pairs(cfg, chunks, stored.path, progress)
             timings["generate_s"] = time.time() - t
+            if deployed:
+                # Deployed only to write pairs: its engine's memory goes back to the next stage
+                # (training needs it on a small machine). `app serve up` keeps an endpoint running.
+                from app.serving.manager import remove_app
+
+                progress("removing the Serve app this build deployed for generation")
+                remove_app()
             for r in llm_rows:
                 r["topic"] = topic_of[r["chunk_id"]]
 

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import httpx
 
+from app import cluster
 from app.config import ExperimentConfig, ServingConfig
 
 APP_NAME = "llm"
@@ -125,6 +126,7 @@ def up(cfg: ExperimentConfig, progress: Callable[[str], None] = print) -> dict[s
     address = cluster_address(cfg, progress)
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
+        cluster.note_connection(False)
     return deploy(cfg.paths.resolved_home(), cfg.serving, progress)
 
 
@@ -144,14 +146,21 @@ def deploy(home: Path, s: ServingConfig, progress: Callable[[str], None] = print
     serve.start(http_options={"host": s.host, "port": s.port})
     if replace and APP_NAME in serve.status().applications:
         progress("removing the running application")
-        serve.delete(APP_NAME, _blocking=True)
-        wait_engines_gone()
+        remove_app()
     progress(f"deploying {', '.join(s.models)} at {base_url(s)}")
     started = time.time()
     serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
     ready = wait_ready(s, s.ready_timeout_s, progress)
     return {"url": base_url(s), "models": s.models, "ready_after_s": ready,
             "deploy_seconds": round(time.time() - started, 1)}
+
+
+def remove_app() -> None:
+    """Delete the application on the connected cluster and wait for its engines to exit here."""
+    from ray import serve
+
+    serve.delete(APP_NAME, _blocking=True)
+    wait_engines_gone()
 
 
 def local_engine_pids() -> list[int]:
@@ -185,6 +194,7 @@ def attach(cfg: ExperimentConfig) -> bool:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
     try:
         ray.init(address=address, log_to_driver=False)
+        cluster.note_connection(False)
     except (ConnectionError, RuntimeError):
         return False
     return True

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import yaml
 
+from app import cluster
 from app.config import ExperimentConfig, ServeSweepConfig, ServingConfig
 from app.serving.loadgen import benchmark_prompts, run_load, summarize
 
@@ -214,6 +215,7 @@ def run_sweep(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_o
     address = cluster_address(cfg, progress)
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
+        cluster.note_connection(False)
     tags = {"rerun_of": rerun_of} if rerun_of else {}
     results: list[TrialResult] = []
     with start_run(cfg, "serve_sweep", config_path, inputs={"model": model_fingerprint(stored)}, tags=tags) as run:
