@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -78,15 +79,22 @@ def qa_docs(tmp_path_factory) -> Path:
     return root
 
 
+def summary_json(stdout: str) -> dict:
+    """The JSON summary a stage command prints last. Worker log lines forwarded by Ray may still
+    arrive after it, so only the object itself is decoded."""
+    import json
+
+    return json.JSONDecoder().raw_decode(stdout[stdout.rindex('{\n  "run_id"'):])[0]
+
+
 def build_dataset(docs: Path, name: str, review_db: str, extra=()):
     """`app dataset build` over ``docs`` without LLM generation; (summary, process)."""
-    import json
 
     sets = ["--set", f"data.name={name}", "--set", "data.generation.enabled=false", "--set", "data.target_pairs=20",
             "--set", "data.min_test_pairs=1", "--set", f"data.review_db={review_db}", *extra]
     proc = run_cli("app", "dataset", "build", "--docs", str(docs), *sets, env={"RAY_ADDRESS": ""}, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(proc.stdout[proc.stdout.rindex('{\n  "run_id"'):]), proc
+    return summary_json(proc.stdout), proc
 
 
 @pytest.fixture(scope="session")
@@ -102,3 +110,51 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
     cmd = [str(BIN / args[0]), *args[1:]]
     return subprocess.run(cmd, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@contextlib.contextmanager
+def web_server(app):
+    """Serve an ASGI app with uvicorn in a thread; yields its base URL."""
+    import threading
+    import time
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the web server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Debian's headless Chromium through Selenium (skipped where chromium-driver is missing)."""
+    if not CHROMEDRIVER.exists():
+        pytest.skip(f"{CHROMEDRIVER} is missing (install Debian's chromium-driver to run browser tests)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager reach the network
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1280,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(20)
+    yield driver
+    driver.quit()

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from app.data.corpus import export_stdlib_docs
-from tests.conftest import free_port, run_cli
+from tests.conftest import free_port, run_cli, summary_json
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,7 @@ def test_bad_responses_become_rejected_rows_not_a_failed_job(endpoint, tmp_path,
             "--set", f"data.review_db=sqlite:///{tmp_path / 'review.db'}"]
     proc = run_cli("app", "dataset", "build", "--docs", str(docs), *sets, env={"RAY_ADDRESS": ""}, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = Path(json.loads(proc.stdout[proc.stdout.rindex('{\n  "run_id"'):])["path"])
+    out = Path(summary_json(proc.stdout)["path"])
     manifest = json.loads((out / "manifest.json").read_text())
     modes = {mode_of(p) for p in Endpoint.seen}
     assert len(Endpoint.seen) == manifest["generation"]["requests"] == 14

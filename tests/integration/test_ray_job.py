@@ -55,7 +55,7 @@ def test_job_submit_to_local_cluster(ray_head, mlflow_uri, stored_model, home):
     )
     assert proc.returncode == 0, (proc.stdout[-4000:], proc.stderr[-2000:])
     assert "succeeded" in proc.stdout
-    summary = json.loads(proc.stdout[proc.stdout.index('{\n  "run_id"'):].split("\n}\n")[0] + "\n}")
+    summary = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index('{\n  "run_id"'):])[0]
     run = mlflow.MlflowClient().get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["app.stage"] == "prepare_model"

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import threading
-import time
-from pathlib import Path
-
 import pytest
 
 from app.data.review import ReviewStore
 from app.data.schema import pair_id
-from tests.conftest import free_port
+from tests.conftest import web_server
 
 pytestmark = pytest.mark.integration
 
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-CHROMIUM = Path("/usr/bin/chromium")
 EDITED = "It returns a list of the file's lines, without reading it twice."
 
 
@@ -36,44 +29,13 @@ def make_pair(i: int, answer: str | None = None) -> dict:
 
 @pytest.fixture
 def review_server(tmp_path):
-    import uvicorn
-
     from app.data.review_web import create_app
 
     store = ReviewStore(f"sqlite:///{tmp_path / 'review' / 'review.db'}")
     store.sync([make_pair(i) for i in range(4)], "stdlib-qa", "build-1")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the review server did not start"
-        time.sleep(0.05)
-    yield store, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with web_server(create_app(store)) as base:
+        yield store, base
     store.close()
-
-
-@pytest.fixture
-def browser(tmp_path):
-    if not CHROMEDRIVER.exists():
-        pytest.skip(f"{CHROMEDRIVER} is missing (install Debian's chromium-driver to run browser tests)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager reach the network
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=1280,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(20)
-    yield driver
-    driver.quit()
 
 
 def test_review_in_browser(review_server, browser):

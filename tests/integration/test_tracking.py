@@ -10,7 +10,7 @@ import yaml
 
 from app.config import load_config
 from app.tracking import CONFIG_ARTIFACT, HASH_TAG, STAGE_TAG, hash_path, log_step_metrics, log_table, start_run
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ def test_invalid_config_exits_nonzero_and_writes_nothing(mlflow_uri, tmp_path):
 def test_prepare_rerun_and_compare(mlflow_uri, stored_model, tmp_path):
     """A job run from the CLI, re-run by id with the identical config, and compared side by side."""
     cfg_file = tmp_path / "exp.yaml"
-    cfg_file.write_text(f"name: rerun-test\nray: {{num_cpus: 2}}\n")
+    cfg_file.write_text("name: rerun-test\nray: {num_cpus: 2}\n")
     proc = run_cli("app", "model", "prepare", "--config", str(cfg_file), "--set", "lora.r=8")
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = json.loads(proc.stdout[proc.stdout.index("{"):])

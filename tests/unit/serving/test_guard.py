@@ -67,7 +67,7 @@ def test_api_key():
 
 
 def run_asgi(guard, path, body, chunks=1, headers=()):
-    sent, seen = [], {}
+    sent = []
     parts = [body[i::chunks] for i in range(chunks)] if chunks > 1 else [body]
     messages = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
 
