@@ -36,13 +36,19 @@ dataset_app = typer.Typer(help="The domain QA dataset: build, inspect, review.",
 app.add_typer(dataset_app, name="dataset")
 train_app = typer.Typer(help="LoRA fine-tuning on Ray Train + DeepSpeed: run, tune, inspect runs.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+eval_app = typer.Typer(help="Evaluation: many models on one test set, intervals, paired tests, reports.",
+                       no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment YAML (default: built-in defaults).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override, e.g. --set training.lr=1e-4 (repeatable).")]
 
 
 def fail(message: str, code: int = 1) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    from rich.markup import escape
+
+    # Messages quote user input and lists ("['a']"): never read them as Rich markup.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -56,6 +62,9 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     from app.tracking import TrackingError
     from app.train.checkpoint import CheckpointError
     from app.train.run import TrainingError
+    from app.eval.answer import EvalError
+    from app.eval.testset import EvalDataError
+    from app.eval.human import HumanEvalError
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -64,7 +73,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ConfigError as exc:
             fail(str(exc), code=2)
         except (ModelStoreError, TrackingError, ServeError, DatasetError, LeakageError, ReviewError, TrainingError,
-                CheckpointError) as exc:
+                CheckpointError, EvalError, EvalDataError, HumanEvalError) as exc:
             fail(str(exc))
 
     return wrapper
@@ -72,6 +81,15 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _load(config: Path | None, overrides: list[str] | None) -> ExperimentConfig:
     return load_config(config, overrides or [])
+
+
+def _say(message: str) -> None:
+    """A stage's progress line, printed as is (no Rich markup or highlighting)."""
+    console.print(message, highlight=False, markup=False)
+
+
+def _run_stage(stage: Callable[..., dict[str, Any]], config: Path | None, overrides: list[str] | None) -> dict[str, Any]:
+    return stage(_load(config, overrides), config, progress=_say)
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -277,7 +295,7 @@ def serve_sweep(config: ConfigOpt = None, set_: SetOpt = None,
 
     from app.serving.sweep import run_sweep
 
-    result = run_sweep(_load(config, set_), config, progress=lambda m: console.print(m, highlight=False, markup=False))
+    result = run_sweep(_load(config, set_), config, progress=_say)
     console.print_json(data=result)
     if result.get("winner") is None:
         fail(result["message"])
@@ -388,8 +406,7 @@ def train_run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Fine-tune LoRA adapters (resumes a run of the same name); export, register and compare the best."""
     from app.stages import finetune
 
-    cfg = _load(config, set_)
-    console.print_json(data=finetune(cfg, config, progress=lambda m: console.print(m, highlight=False, markup=False)))
+    console.print_json(data=_run_stage(finetune, config, set_))
 
 
 @train_app.command("tune")
@@ -398,8 +415,7 @@ def train_tune(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Ray Tune search over LoRA rank, alpha and learning rate (the `tune` section); prints the best as --set."""
     from app.stages import tune_lora
 
-    cfg = _load(config, set_)
-    result = tune_lora(cfg, config, progress=lambda m: console.print(m, highlight=False, markup=False))
+    result = _run_stage(tune_lora, config, set_)
     console.print_json(data={k: v for k, v in result.items() if k != "trials"})
 
 
@@ -455,6 +471,89 @@ def train_show(run: str, config: ConfigOpt = None, set_: SetOpt = None) -> None:
         table.add_row(p.name, str(st["step"]), str(st.get("epoch", "")),
                       *(f"{st['metrics'][m]:.4f}" if m in st.get("metrics", {}) else "-" for m in metrics), adapter, optim)
     console.print(table)
+
+
+# -- evaluation -------------------------------------------------------------------------------------
+
+
+@eval_app.command("run")
+@handled
+def eval_run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Answer the test set (or evaluation.test_set) with every model; metrics, intervals, paired tests, report."""
+    from app.stages import evaluate
+
+    console.print_json(data=_run_stage(evaluate, config, set_))
+
+
+@eval_app.command("compare")
+@handled
+def eval_compare(run: Annotated[Optional[str], typer.Argument(help="Evaluation run (default: the latest).")] = None,
+                 config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Side-by-side table of an evaluation run: every metric per model with intervals, and the paired tests."""
+    from app.eval.report import tables
+    from app.eval.run import load_summary
+
+    cfg = _load(config, set_)
+    name, summary = load_summary(cfg, run)
+    t = tables(summary)
+    console.print(f"evaluation {name}: {summary['examples']} examples, {summary['confidence']:.0%} bootstrap "
+                  f"intervals, paired tests against {summary['reference']}", highlight=False)
+    for title, key in (("metrics", "means"), ("paired comparisons", "comparisons"), ("by topic", "by_topic")):
+        df = t[key]
+        table = Table(*map(str, df.columns), title=title)
+        for row in df.itertuples(index=False):
+            table.add_row(*map(str, row))
+        console.print(table)
+
+
+human_app = typer.Typer(help="Human evaluation: studies, the rating page, agreement.", no_args_is_help=True)
+eval_app.add_typer(human_app, name="human")
+
+
+@human_app.command("create")
+@handled
+def human_create(study: str, annotators: Annotated[str, typer.Option(help="Comma-separated annotator names.")],
+                 run: Annotated[Optional[str], typer.Option(help="Evaluation run (default: the latest).")] = None,
+                 config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """A blind study over an evaluation run's answers; prints each annotator's login token (shown once)."""
+    from app.eval.run import create_study
+
+    cfg = _load(config, set_)
+    console.print_json(data=create_study(cfg, study, [a for a in annotators.split(",") if a.strip()], run))
+
+
+@human_app.command("serve")
+@handled
+def human_serve(config: ConfigOpt = None, set_: SetOpt = None,
+                host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: all)."),
+                port: int = typer.Option(8766, min=1, max=65535, help="TCP port.")) -> None:
+    """Serve the rating page until Ctrl-C."""
+    from app.eval.human_web import serve
+    from app.eval.run import human_store
+
+    cfg = _load(config, set_)
+    store = human_store(cfg)
+    console.print(f"ratings database: {store.url}\nrating page: http://{host}:{port}/login", highlight=False, markup=False)
+    serve(store, host, port)
+
+
+@human_app.command("status")
+@handled
+def human_status(study: str, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Ratings done per annotator."""
+    from app.eval.run import human_store
+
+    console.print_json(data=human_store(_load(config, set_)).status(study))
+
+
+@human_app.command("report")
+@handled
+def human_report(study: str, config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Agreement (Krippendorff, Cohen, Fleiss), human scores per model, correlation with the metrics; into the report."""
+    from app.eval.run import human_results
+
+    result = human_results(_load(config, set_), study, progress=_say)
+    console.print_json(data={k: result[k] for k in ("study", "eval_run", "report", "ratings", "annotators", "agreement")})
 
 
 def _mount_review() -> None:

@@ -401,7 +401,58 @@ class TuneConfig(_Section):
         return v
 
 
+class EvalModel(_Section):
+    """One model answering the test questions: a model-store entry served by the project's Serve app,
+    or a model id at any OpenAI-compatible endpoint."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Label in reports.")
+    model: str | None = Field(None, description="Store entry (served by the project's Serve app) or, with `url`, "
+                              "the endpoint's model id. None: the same as name.")
+    url: str | None = Field(None, description="Base URL of an OpenAI-compatible API (…/v1); None: the project's "
+                            "Serve app, deployed for the evaluation when it does not serve the model already.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the endpoint's API key.")
+
+    @property
+    def model_id(self) -> str:
+        return self.model or self.name
+
+
+class RetrievalConfig(_Section):
+    """Context for test questions that come without one: passages of the indexed corpus."""
+
+    method: Literal["bm25", "embedding"] = Field("bm25", description="bm25: lexical (Okapi BM25 over "
+                                                 "word tokens); embedding: all-MiniLM-L6-v2 cosine.")
+    top_k: PositiveInt = Field(2, le=20, description="Passages joined into the context, best first.")
+    corpus_dir: str | None = Field(None, description="Folder of documents to index; None: data.docs_dir (or the "
+                                   "embedded default corpus). Chunked as the dataset build chunks.")
+
+
+class HumanEvalConfig(_Section):
+    """Human evaluation studies over an evaluation run's answers."""
+
+    db: str | None = Field(None, description="SQLAlchemy URL of the ratings database; None: SQLite at "
+                           "<home>/eval/human.db.")
+    examples: PositiveInt = Field(20, description="Test examples per study (stratified by topic).")
+    per_item: int = Field(2, ge=2, description="Annotators per item (overlap; at least two for agreement).")
+    pairwise: bool = Field(True, description="Also ask for side-by-side preferences (each model against the first).")
+
+    def url(self, home: Path) -> str:
+        return self.db or f"sqlite:///{home / 'eval' / 'human.db'}"
+
+
 class EvaluationConfig(_Section):
+    models: list[str | EvalModel] = Field(
+        default_factory=list,
+        description="Models compared, the first being the reference of paired tests. A plain string is a "
+        "model-store entry. Empty: the base model and the fine-tuned one (training.output_model).")
+    test_set: str | None = Field(
+        None, description="JSONL of questions (fields question and answer (or reference); context, topic "
+        "optional). None: the test split of the latest dataset named data.name.")
+    max_examples: PositiveInt | None = Field(None, description="Evaluate at most this many examples "
+                                             "(stratified by topic); None: all.")
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    concurrency: PositiveInt = Field(4, description="Requests in flight per model.")
+    timeout_s: PositiveFloat = Field(300.0, description="Total time allowed for one request.")
     max_new_tokens: PositiveInt = 128
     f1_threshold: float = Field(0.5, ge=0, le=1, description="Domain accuracy: token F1 at least this counts ...")
     similarity_threshold: float = Field(
@@ -410,6 +461,23 @@ class EvaluationConfig(_Section):
         "f1_or_similarity", description="Which of the two thresholds make an answer correct for domain accuracy.")
     bootstrap_samples: PositiveInt = 1000
     confidence: float = Field(0.95, gt=0, lt=1)
+    run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                 description="Folder of the results under <home>/eval; None: dated.")
+    human: HumanEvalConfig = Field(default_factory=HumanEvalConfig)
+
+    def model_list(self, base: str, finetuned: str) -> list[EvalModel]:
+        """The configured models as EvalModel entries (the default pair when none are listed)."""
+        items = self.models or [base, finetuned]
+        return [m if isinstance(m, EvalModel) else EvalModel(name=m) for m in items]
+
+    @field_validator("models")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        names = [m if isinstance(m, str) else m.name for m in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"evaluation.models lists {dupes} twice (names label report columns)")
+        return v
 
 
 class QuantizationConfig(_Section):

@@ -124,7 +124,14 @@ def tune_lora(cfg: ExperimentConfig, config_path: Path | None = None, **kw: Any)
     return run(cfg, config_path, **kw)
 
 
+def evaluate(cfg: ExperimentConfig, config_path: Path | None = None, **kw: Any) -> dict[str, Any]:
+    """Batch evaluation of several models with intervals and paired tests (see app.eval.run)."""
+    from app.eval.run import evaluate as run
+
+    return run(cfg, config_path, **kw)
+
+
 STAGES: dict[str, Callable[..., dict[str, Any]]] = {"prepare_model": prepare_model, "build_dataset": build_dataset,
                                                     "serve_sweep": serve_sweep, "finetune": finetune,
-                                                    "tune_lora": tune_lora}
-PIPELINE: list[str] = ["prepare_model", "build_dataset", "finetune"]
+                                                    "tune_lora": tune_lora, "evaluate": evaluate}
+PIPELINE: list[str] = ["prepare_model", "build_dataset", "finetune", "evaluate"]

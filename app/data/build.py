@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import time
@@ -209,17 +208,11 @@ def endpoint(cfg: ExperimentConfig) -> tuple[str, str | None]:
     import httpx
 
     g = cfg.data.generation
-    if g.backend == "http":
-        key = None
-        if g.api_key_env:
-            key = os.environ.get(g.api_key_env)
-            if not key:
-                raise DatasetError(f"generation.api_key_env names {g.api_key_env}, which is not set")
-        base = g.url.rstrip("/")
-        base = base if base.endswith("/v1") else base + "/v1"
-    else:
-        from app.serving.manager import base_url
+    from app.serving.manager import base_url, external_endpoint
 
+    if g.backend == "http":
+        base, key = external_endpoint(g.url, g.api_key_env, "data.generation", DatasetError)
+    else:
         base, key = base_url(cfg.serving) + "/v1", cfg.serving.api_key
     try:
         httpx.get(base + "/models", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=10).raise_for_status()

@@ -16,11 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (Boolean, DateTime, ForeignKey, Integer, String, Text, and_, create_engine, event, func,
-                        or_, select)
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, Text, and_, func, or_, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 STATUSES = ("pending", "approved", "edited", "rejected")
 REVIEWED = ("approved", "edited", "rejected")
@@ -137,34 +134,10 @@ class ReviewStore:
     """Review items and their edit history in a SQLAlchemy database (tables are created when missing)."""
 
     def __init__(self, url: str) -> None:
-        try:
-            parsed = make_url(url)
-        except ArgumentError as exc:
-            raise ReviewError(f"invalid review database URL {url!r}: {exc}") from None
-        connect_args: dict[str, Any] = {}
-        if parsed.get_backend_name() == "sqlite":
-            database = parsed.database or ""
-            if database and database != ":memory:" and not database.startswith("file:"):
-                try:
-                    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise ReviewError(f"cannot create the folder of review database {url!r}: {exc}") from None
-            # The web server answers from a thread pool; wait for a writer instead of failing at once.
-            connect_args = {"check_same_thread": False, "timeout": 30}
-        self.url = url
-        try:
-            if parsed.get_backend_name() == "sqlite" and (not parsed.database or parsed.database == ":memory:"):
-                from sqlalchemy.pool import StaticPool  # one shared in-memory database for every thread
+        from app.db import open_database
 
-                self.engine = create_engine(url, connect_args=connect_args, poolclass=StaticPool)
-            else:
-                self.engine = create_engine(url, connect_args=connect_args)
-            if parsed.get_backend_name() == "sqlite":
-                event.listen(self.engine, "connect", _sqlite_pragmas)
-            Base.metadata.create_all(self.engine)
-        except (ImportError, NoSuchModuleError, SQLAlchemyError) as exc:
-            raise ReviewError(f"cannot open review database {url!r}: {exc}") from None
-        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self.url = url
+        self.engine, self._session = open_database(url, Base.metadata, ReviewError, "review")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -512,8 +485,3 @@ class ReviewStore:
                 counts["changed"] += 1
         return counts
 
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()

@@ -20,19 +20,13 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Overri
 
 
 def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """app.cli's error handling plus ReviewError: a clear message and exit code 1, not a traceback."""
+    """app.cli's error handling (ReviewError included): a clear message and exit code 1, not a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from rich.markup import escape
+        from app.cli import handled
 
-        from app.cli import fail, handled
-        from app.data.review import ReviewError
-
-        try:
-            return handled(fn)(*args, **kwargs)
-        except ReviewError as exc:
-            fail(escape(str(exc)))  # messages quote user text: no Rich markup in it
+        return handled(fn)(*args, **kwargs)
 
     return wrapper
 

@@ -332,7 +332,7 @@ def _item_html(item: dict, history: list[dict], *, mode: str, status: str, topic
     reopen = '<button id="reopen" type="button">Reopen</button>' if item["status"] != "pending" else ""
     skip = "" if mode == "item" else '<button id="skip" type="button" title="Leave it for later">Skip</button>'
     next_link = ("" if mode == "next" else
-                 f' &middot; <a href="/?status=pending">next pending</a>')
+                 ' &middot; <a href="/?status=pending">next pending</a>')
     editor = f"""<div class="card" id="review-root" data-pair-id="{_h(pid)}" data-mode="{_h(mode)}"
   data-status="{_h(status)}" data-topic="{_h(topic)}">
 <h2>Pair <code id="pair-id">{_h(pid)}</code>

@@ -86,3 +86,34 @@ def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
     if not rows:
         return {}
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+# -- n-gram overlap: BLEU (sacrebleu) and ROUGE (rouge-score), the libraries behind HF `evaluate` --
+
+OVERLAP_METRICS = ("bleu", "rouge1", "rouge2", "rougeL")
+
+
+def overlap_scores(predictions: list[str], references: list[str]) -> list[dict[str, float]]:
+    """Per-example sentence BLEU (sacrebleu, effective order, 0-1) and ROUGE-1/2/L F-measures (stemmed)."""
+    from rouge_score import rouge_scorer
+    from sacrebleu.metrics import BLEU
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    bleu = BLEU(effective_order=True)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    out = []
+    for pred, ref in zip(predictions, references):
+        r = scorer.score(ref, pred)
+        b = bleu.sentence_score(pred, [ref]).score / 100 if pred.strip() else 0.0
+        out.append({"bleu": min(1.0, float(b)), **{k: float(r[k].fmeasure) for k in ("rouge1", "rouge2", "rougeL")}})
+    return out
+
+
+def corpus_bleu(predictions: list[str], references: list[str]) -> float:
+    """Corpus-level BLEU (0-1): n-gram counts pooled over all examples, as BLEU is usually reported."""
+    from sacrebleu.metrics import BLEU
+
+    if not predictions:
+        return 0.0
+    return min(1.0, float(BLEU().corpus_score(predictions, [references]).score / 100))

@@ -34,6 +34,19 @@ def base_url(s: ServingConfig) -> str:
     return f"http://{s.host}:{s.port}"
 
 
+def external_endpoint(url: str, api_key_env: str | None, what: str,
+                      error: type[Exception]) -> tuple[str, str | None]:
+    """(base URL ending in /v1, API key read from the named environment variable) of an
+    OpenAI-compatible endpoint configured by URL; ``error`` names ``what`` when the key is unset."""
+    key = None
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise error(f"{what}: api_key_env names {api_key_env}, which is not set")
+    base = url.rstrip("/")
+    return (base if base.endswith("/v1") else base + "/v1"), key
+
+
 def headers(s: ServingConfig) -> dict[str, str]:
     return {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
 

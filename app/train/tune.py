@@ -43,7 +43,6 @@ def tune_lora(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_o
               progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the search; log every trial; return the best trial's settings as overrides."""
     import mlflow
-    import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler

@@ -18,7 +18,7 @@ from openai import OpenAI
 
 from app.config import ModelConfig
 from app.model_store import ModelStore
-from tests.conftest import BIN, free_port, run_cli
+from tests.conftest import BIN, free_port, run_cli, summary_json
 
 pytestmark = pytest.mark.integration
 SECOND = "smollm2-135m-instruct-b"
@@ -147,7 +147,7 @@ def test_dataset_generation_through_the_served_model(served, mlflow_uri, tmp_pat
     proc = run_cli("app", "dataset", "build", "--docs", str(docs), *sets, env=served["env"], timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "using the running Serve endpoint" in proc.stdout
-    out = Path(json.loads(proc.stdout[proc.stdout.rindex('{\n  "run_id"'):])["path"])
+    out = Path(summary_json(proc.stdout)["path"])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["generation"]["requests"] == 6 and manifest["generation"]["request_errors"] == 0
     assert served["url"] in manifest["generation"]["endpoint"]
@@ -158,6 +158,102 @@ def test_dataset_generation_through_the_served_model(served, mlflow_uri, tmp_pat
     assert len(llm) == manifest["quality"]["llm"]["candidates"]
     # Every LLM row is either a parsed pair or a rejection that quotes what the model said.
     assert ((llm["question"].fillna("") != "") | llm["reject_reason"].fillna("").str.startswith("malformed model output")).all()
+
+
+# -- evaluation through the served models ------------------------------------------------------------
+
+EVAL = ["--set", "data.name=it-build", "--set", "evaluation.max_new_tokens=24", "--set", "evaluation.bootstrap_samples=300",
+        "--set", "prompt.max_context_tokens=128"]
+
+
+def eval_run(served, *extra: str) -> dict:
+    models = f"evaluation.models=[{served['models'][0]}, {served['models'][1]}]"
+    proc = run_cli("app", "eval", "run", *served["sets"], *EVAL, "--set", models, *extra, env=served["env"], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return summary_json(proc.stdout)
+
+
+def test_eval_run_on_the_test_split(served, qa_build, home, mlflow_uri):
+    """Two models through the Serve endpoint: the same checkpoint under two names, so every paired
+    difference must be exactly zero (a broken pairing or a nondeterministic path would show)."""
+    import mlflow
+
+    result = eval_run(served, "--set", "evaluation.max_examples=8", "--set", "evaluation.run_name=it-eval")
+    base, second = served["models"]
+    out = home / "eval" / "it-eval"
+    table = pd.read_parquet(out / "examples.parquet")
+    n = min(8, len(pd.read_parquet(Path(qa_build["summary"]["path"]) / "test.parquet")))
+    assert len(table) == n and result["examples"] == n
+    assert (table[f"{base}__answer"] == table[f"{second}__answer"]).all() and (table[f"{base}__error"] == "").all()
+    assert table[f"{base}__answer"].str.len().gt(0).all()
+    summary = json.loads((out / "summary.json").read_text())
+    cmp = summary["comparisons"][second]["domain_correct"]
+    assert cmp["difference"] == 0 and cmp["p_permutation"] == 1.0 and cmp["wins_a"] == cmp["wins_b"] == 0
+    acc = summary["means"][base]["domain_correct"]
+    assert acc["low"] <= acc["mean"] <= acc["high"]
+    for k in ("bleu", "rouge1", "rouge2", "rougeL", "semantic_similarity", "token_f1", "exact_match"):
+        assert 0 <= summary["means"][base][k]["mean"] <= 1, k
+    report = (out / "report.md").read_text()
+    assert "## Paired comparisons" in report and "## By topic" in report and "## By origin" in report
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
+    run = mlflow.MlflowClient().get_run(result["run_id"])
+    assert run.data.tags["app.stage"] == "evaluate"
+    assert run.data.metrics[f"{base}.domain_correct"] == pytest.approx(acc["mean"])
+    assert f"{second}.examples_per_s" in run.data.metrics
+    shown = run_cli("app", "eval", "compare", "it-eval", env=served["env"], timeout=120)
+    assert shown.returncode == 0 and "domain accuracy" in shown.stdout and second in shown.stdout, shown.stderr
+
+    # Human evaluation of this run from the command line: a study, ratings through the API, the report.
+    made = run_cli("app", "eval", "human", "create", "it-study", "--annotators", "ann,bob", "--run", "it-eval",
+                   "--set", "evaluation.human.examples=3", env=served["env"], timeout=120)
+    assert made.returncode == 0, made.stderr
+    tokens = json.loads(made.stdout)["tokens"]
+    from app.config import load_config
+    from app.eval.human_web import create_app
+    from app.eval.run import human_store
+    from tests.conftest import web_server
+
+    store = human_store(load_config(None, []))
+    with web_server(create_app(store)) as url:
+        for who, offset in (("ann", 0), ("bob", 1)):
+            sid = httpx.post(url + "/api/login", json={"study": "it-study", "name": who, "token": tokens[who]}).json()["session"]
+            auth = {"Authorization": f"Bearer {sid}"}
+            while (item := httpx.get(url + "/api/next", headers=auth).json()) is not None:
+                body = ({"preference": "tie"} if item["kind"] == "pair" else
+                        {"correctness": 1 + (item["item_id"] + offset * (item["item_id"] % 2)) % 5, "groundedness": 3,
+                         "helpfulness": 4})
+                assert httpx.post(url + "/api/rate", json={"item_id": item["item_id"], **body}, headers=auth).status_code == 200
+    store.close()
+    rep = run_cli("app", "eval", "human", "report", "it-study", env=served["env"], timeout=300)
+    assert rep.returncode == 0, rep.stdout[-2000:] + rep.stderr[-2000:]
+    human = json.loads((out / "human-it-study.json").read_text())
+    assert human["ratings"] == human["expected"] == 2 * 3 * 3  # 3 examples x (2 single + 1 pair) x 2 annotators
+    assert human["agreement"]["correctness"]["krippendorff_alpha"] is not None
+    assert "## Human evaluation: inter-annotator agreement" in (out / "report.md").read_text()
+    assert "human.correctness.krippendorff_alpha" in mlflow.MlflowClient().get_run(result["run_id"]).data.metrics
+
+
+def test_eval_run_on_a_users_questions_with_retrieved_context(served, qa_docs, home, tmp_path, mlflow_uri):
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("\n".join(json.dumps(q) for q in [
+        {"question": "What does json.dumps return?", "answer": "A str with obj serialized as JSON.", "topic": "json"},
+        {"question": "Which function pushes an item onto a heap?", "answer": "heapq.heappush(heap, item).", "topic": "heapq"},
+        {"question": "How long are invoices stored?", "answer": "Seven years.", "context": "Invoices are kept seven years."},
+    ]) + "\n")
+    eval_run(served, "--set", f"evaluation.test_set={questions}", "--set", f"evaluation.retrieval.corpus_dir={qa_docs}",
+             "--set", "evaluation.run_name=it-eval-jsonl")
+    table = pd.read_parquet(home / "eval" / "it-eval-jsonl" / "examples.parquet").set_index("question")
+    assert table["context_source"].tolist().count("retrieved:bm25") == 2
+    assert "json.dumps" in table.loc["What does json.dumps return?", "context"]
+    assert "heappush" in table.loc["Which function pushes an item onto a heap?", "context"]
+    assert table.loc["How long are invoices stored?", "context"] == "Invoices are kept seven years."
+    assert "with context retrieved by bm25" in (home / "eval" / "it-eval-jsonl" / "report.md").read_text()
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "no answer here?"}\n')
+    proc = run_cli("app", "eval", "run", *served["sets"], *EVAL, "--set", f"evaluation.test_set={bad}",
+                   env=served["env"], timeout=300)
+    assert proc.returncode == 1 and "line 1: no answer" in proc.stderr
 
 
 def test_sweep_measures_batching_and_writes_the_winner(served, mlflow_uri, home):

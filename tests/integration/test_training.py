@@ -19,7 +19,7 @@ import mlflow
 import psutil
 import pytest
 
-from tests.conftest import BIN, ROOT, run_cli
+from tests.conftest import BIN, ROOT, run_cli, summary_json
 
 pytestmark = pytest.mark.integration
 RUN = "it-resume"
@@ -75,7 +75,7 @@ def wait_for(predicate, proc, timeout: float, what: str) -> None:
 
 
 def summary_of(stdout: str) -> dict:
-    return json.loads(stdout[stdout.rindex('{\n  "run_id"'):])
+    return summary_json(stdout)
 
 
 @pytest.fixture(scope="module")
@@ -197,16 +197,17 @@ def test_corrupt_checkpoints_give_clear_errors(resumed, home):
 
 def test_tune_searches_rank_alpha_and_lr(qa_build, home):
     """Two trials side by side (one worker each, ZeRO-3 with packed sequences): Tune sees every validation."""
-    tune_sets = [*COMMON, "--set", "tune.num_samples=2", "--set", "tune.max_steps=2", "--set", "tune.eval_every=1",
+    tune_sets = [*COMMON, "--set", "tune.num_samples=2", "--set", "tune.max_steps=1", "--set", "tune.eval_every=1",
                  "--set", "tune.num_workers=1", "--set", "tune.cpus_per_worker=1", "--set", "tune.r=[4, 8]",
                  "--set", "tune.max_concurrent_trials=2",
                  "--set", "tune.alpha=[8]", "--set", "tune.val_generation_samples=1", "--set", "tune.grace_period=1",
                  "--set", "training.zero_stage=3", "--set", "training.packing=true",
-                 "--set", "training.max_seq_len=512", "--set", "training.val_max_new_tokens=4"]
+                 "--set", "training.max_seq_len=384", "--set", "training.val_max_new_tokens=4",
+                 "--set", "training.val_loss_samples=4"]
     proc = subprocess.run([str(BIN / "app"), "train", "tune", *tune_sets], cwd=ROOT,
                           env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-    result = json.loads(proc.stdout[proc.stdout.rindex('{\n  "run_id"'):])
+    result = summary_json(proc.stdout)
     assert result["best"]["r"] in (4, 8) and 5e-5 <= result["best"]["lr"] <= 1e-3
     assert result["overrides"][0].startswith("lora.r=")
     client = mlflow.MlflowClient()

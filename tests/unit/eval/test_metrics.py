@@ -46,3 +46,20 @@ def test_scores_with_real_embeddings():
     assert rows[1]["domain_correct"] == 0.0 and rows[1]["semantic_similarity"] < 0.5
     means = mean_scores(rows)
     assert means["domain_correct"] == 0.5 and means["exact_match"] == 0.5
+
+
+def test_overlap_metrics_by_hand():
+    from app.eval.metrics import corpus_bleu, overlap_scores
+
+    same, partial, empty = overlap_scores(["the cat sat on the mat", "cat sat", ""],
+                                          ["the cat sat on the mat", "the cat sat on the mat", "a reference"])
+    assert same == {"bleu": pytest.approx(1.0), "rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
+    # "cat sat" against 6 reference tokens: ROUGE-1 P 2/2, R 2/6 -> F 0.5; ROUGE-2 P 1/1, R 1/5 -> F 1/3.
+    assert partial["rouge1"] == pytest.approx(0.5) and partial["rouge2"] == pytest.approx(1 / 3)
+    assert partial["rougeL"] == pytest.approx(0.5)
+    # BLEU's brevity penalty exp(1 - 6/2) with effective order (unigram and bigram precision 1).
+    assert partial["bleu"] == pytest.approx(2.718281828 ** (1 - 3), rel=1e-3)
+    assert empty == {"bleu": 0.0, "rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    assert corpus_bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="2 predictions for 1 references"):
+        overlap_scores(["a", "b"], ["a"])

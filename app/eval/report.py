@@ -1,0 +1,264 @@
+"""Aggregates of an evaluation and its report (Markdown and HTML with plots).
+
+The per-example table has one row per test example and, per model ``m``, the columns ``m__answer``,
+``m__error`` and ``m__<metric>`` for every metric in :data:`METRICS`. From it:
+* every model's mean of every metric with a bootstrap confidence interval;
+* every model against the first (the reference) on the same examples: mean difference, its
+  interval, paired bootstrap and sign-flip permutation p-values, Holm-adjusted across metrics;
+* domain accuracy and token F1 per topic and per origin (who wrote the question).
+"""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from app.eval.stats import bootstrap_ci, holm, paired_comparison
+
+METRICS = ["domain_correct", "exact_match", "token_f1", "semantic_similarity", "bleu", "rouge1", "rouge2", "rougeL"]
+LABELS = {"domain_correct": "domain accuracy", "exact_match": "exact match", "token_f1": "token F1",
+          "semantic_similarity": "semantic similarity", "bleu": "BLEU (sentence)", "rouge1": "ROUGE-1",
+          "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
+
+
+def col(model: str, metric: str) -> str:
+    return f"{model}__{metric}"
+
+
+def summarize(table: pd.DataFrame, models: list[str], samples: int, confidence: float, seed: int,
+              corpus_bleu: dict[str, float] | None = None) -> dict[str, Any]:
+    """Means with intervals, paired comparisons against models[0], and per-topic/origin breakdowns."""
+    means = {m: {k: bootstrap_ci(table[col(m, k)], samples, confidence, seed).as_dict() for k in METRICS}
+             for m in models}
+    comparisons = {}
+    ref = models[0]
+    for m in models[1:]:
+        per = {k: paired_comparison(table[col(ref, k)], table[col(m, k)], samples, confidence, seed).as_dict()
+               for k in METRICS}
+        adjusted = holm([per[k]["p_permutation"] for k in METRICS])
+        for k, p in zip(METRICS, adjusted):
+            per[k]["p_holm"] = p
+        comparisons[m] = per
+    breakdown = {by: _breakdown(table, models, by, samples, confidence, seed) for by in ("topic", "origin")}
+    return {"examples": int(len(table)), "models": models, "reference": ref, "confidence": confidence,
+            "bootstrap_samples": samples, "means": means, "corpus_bleu": corpus_bleu or {},
+            "comparisons": comparisons, "breakdown": breakdown,
+            "request_errors": {m: int((table[col(m, "error")] != "").sum()) for m in models}}
+
+
+def _breakdown(table: pd.DataFrame, models: list[str], by: str, samples: int, confidence: float,
+               seed: int) -> list[dict[str, Any]]:
+    rows = []
+    for value, group in table.groupby(by, sort=True):
+        row: dict[str, Any] = {by: str(value), "n": int(len(group))}
+        for m in models:
+            acc = bootstrap_ci(group[col(m, "domain_correct")], samples, confidence, seed)
+            row[m] = {"domain_accuracy": acc.mean, "low": acc.low, "high": acc.high,
+                      "token_f1": float(group[col(m, "token_f1")].mean())}
+        rows.append(row)
+    return rows
+
+
+def relative_improvement(summary: dict[str, Any], model: str, metric: str = "domain_correct") -> float | None:
+    base = summary["means"][summary["reference"]][metric]["mean"]
+    return None if base == 0 else (summary["means"][model][metric]["mean"] - base) / base
+
+
+# -- rendering ----------------------------------------------------------------------------------------
+
+
+def _ci(x: dict[str, float]) -> str:
+    return f"{x['mean']:.3f} [{x['low']:.3f}, {x['high']:.3f}]"
+
+
+def _p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def tables(summary: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """The report's tables as frames (also logged to MLflow and printed by `app eval compare`)."""
+    models, ref = summary["models"], summary["reference"]
+    means = pd.DataFrame([{"metric": LABELS[k], **{m: _ci(summary["means"][m][k]) for m in models}} for k in METRICS])
+    if summary.get("corpus_bleu"):
+        means.loc[len(means)] = {"metric": "BLEU (corpus)", **{m: f"{summary['corpus_bleu'][m]:.3f}" for m in models}}
+    comp_rows = []
+    for m, per in summary["comparisons"].items():
+        for k in METRICS:
+            c = per[k]
+            comp_rows.append({"model": m, "metric": LABELS[k], f"{ref}": f"{c['mean_a']:.3f}", "model mean": f"{c['mean_b']:.3f}",
+                              "difference [CI]": f"{c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]",
+                              "p (bootstrap)": _p(c["p_bootstrap"]), "p (permutation)": _p(c["p_permutation"]),
+                              "p (Holm)": _p(c["p_holm"]), "better/worse": f"{c['wins_b']}/{c['wins_a']}"})
+    out = {"means": means, "comparisons": pd.DataFrame(comp_rows)}
+    for by, rows in summary["breakdown"].items():
+        out[f"by_{by}"] = pd.DataFrame([{by: r[by], "n": r["n"], **{
+            m: f"{r[m]['domain_accuracy']:.3f} [{r[m]['low']:.3f}, {r[m]['high']:.3f}]" for m in models}} for r in rows])
+    return out
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def human_tables(human: dict[str, Any], models: list[str]) -> dict[str, pd.DataFrame]:
+    """Tables of a human-evaluation study: scores per model, agreement, and human-vs-metric correlations."""
+    from app.eval.human import CRITERIA
+
+    sc = human["scores"]["scores"]
+    scores = pd.DataFrame([{"criterion": c, **{m: _ci(sc[m][c]) if c in sc.get(m, {}) else "-" for m in models}}
+                           for c in CRITERIA])
+    prefs = pd.DataFrame([{"model": m, "against": p["against"], "votes": p["votes"], "wins": p["wins"],
+                           "losses": p["losses"], "ties": p["ties"]} for m, p in human["scores"]["preferences"].items()])
+    agree = []
+    for c, a in human["agreement"].items():
+        if not a.get("ratings"):
+            continue
+        kappas = [x["kappa"] for x in a["cohen_kappa"] if x["kappa"] is not None]
+        agree.append({"criterion": c, "ratings": a["ratings"], "items": a["items"],
+                      f"Krippendorff alpha ({a['level']})": _num(a["krippendorff_alpha"]),
+                      "Fleiss kappa": f"{_num(a['fleiss']['kappa'])} ({a['fleiss']['items']} items)",
+                      "Cohen kappa per pair": ", ".join(f"{x['a']}/{x['b']} {_num(x['kappa'])} (n={x['items']})"
+                                                        for x in a["cohen_kappa"]) or "-",
+                      "mean Cohen kappa": _num(float(np.mean(kappas)) if kappas else None)})
+    corr = human["correlations"]
+    corr_rows = [{"criterion": c, **{LABELS[k]: ("n/a" if corr[c][k] is None else f"{corr[c][k]['rho']:+.2f}")
+                                     for k in METRICS}} for c in CRITERIA if c in corr]
+    return {"human_scores": scores, "human_preferences": prefs, "human_agreement": pd.DataFrame(agree),
+            "human_vs_metrics": pd.DataFrame(corr_rows)}
+
+
+def _markdown_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_(none)_\n"
+    cells = [[str(v).replace("|", "\\|").replace("\n", " ") for v in row] for row in df.itertuples(index=False)]
+    head = "| " + " | ".join(map(str, df.columns)) + " |\n| " + " | ".join("---" for _ in df.columns) + " |\n"
+    return head + "".join("| " + " | ".join(r) + " |\n" for r in cells)
+
+
+def plot_means(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = summary["models"]
+    x = np.arange(len(METRICS))
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for i, m in enumerate(models):
+        vals = [summary["means"][m][k] for k in METRICS]
+        mean = np.array([v["mean"] for v in vals])
+        err = np.array([[v["mean"] - v["low"] for v in vals], [v["high"] - v["mean"] for v in vals]])
+        ax.bar(x + i * width - 0.4 + width / 2, mean, width, yerr=err, capsize=3, label=m)
+    ax.set_xticks(x, [LABELS[k] for k in METRICS], rotation=20, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Means with {summary['confidence']:.0%} bootstrap intervals ({summary['examples']} examples)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_topics(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, models = summary["breakdown"]["topic"], summary["models"]
+    y = np.arange(len(rows))
+    height = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(rows) * len(models) + 1)))
+    for i, m in enumerate(models):
+        ax.barh(y + i * height - 0.4 + height / 2, [r[m]["domain_accuracy"] for r in rows], height, label=m)
+    ax.set_yticks(y, [f"{r['topic'][:40]} (n={r['n']})" for r in rows], fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("domain accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def disagreements(table: pd.DataFrame, models: list[str], limit: int = 10) -> pd.DataFrame:
+    """Examples where the models' domain verdicts differ (the reference wrong first)."""
+    verdicts = table[[col(m, "domain_correct") for m in models]]
+    differ = table[verdicts.nunique(axis=1) > 1]
+    cols = ["question", "reference", *[col(m, "answer") for m in models]]
+    return differ[cols].head(limit).rename(columns={col(m, "answer"): m for m in models})
+
+
+def write_report(out: Path, summary: dict[str, Any], table: pd.DataFrame, facts: dict[str, Any],
+                 human: dict[str, Any] | None = None) -> dict[str, Path]:
+    """report.md, report.html (plots inline) and the plot files under ``out``; with ``human``, the
+    results of a human-evaluation study as well."""
+    plots = {"means": out / "means.png", "topics": out / "topics.png"}
+    plot_means(summary, plots["means"])
+    plot_topics(summary, plots["topics"])
+    t = tables(summary)
+    models = summary["models"]
+    examples = disagreements(table, models)
+    intro = [
+        f"Test set: {facts['test_set']} — {summary['examples']} examples"
+        + (f" ({facts['retrieval']['retrieved']} with context retrieved by {facts['retrieval']['method']}, "
+           f"top {facts['retrieval']['top_k']})" if facts.get("retrieval", {}).get("retrieved") else ""),
+        f"Decoding: greedy (temperature 0), at most {facts['max_new_tokens']} new tokens, the training prompt format.",
+        f"Domain accuracy: {facts['domain_definition']}.",
+        f"Intervals: {summary['confidence']:.0%} percentile bootstrap over examples ({summary['bootstrap_samples']} "
+        f"resamples); comparisons are paired (same examples) against **{summary['reference']}**, p-values two-sided, "
+        "Holm-adjusted across the metrics of a pair.",
+    ]
+    for m in models[1:]:
+        rel = relative_improvement(summary, m)
+        if rel is not None:
+            intro.append(f"Domain accuracy of {m} relative to {summary['reference']}: {rel:+.1%}.")
+    errs = {m: n for m, n in summary["request_errors"].items() if n}
+    if errs:
+        intro.append(f"Failed requests (scored as wrong answers): {errs}.")
+    sections = [("Metrics", t["means"]), ("Paired comparisons", t["comparisons"]), ("By topic", t["by_topic"]),
+                ("By origin", t["by_origin"])]
+    if human:
+        h = human_tables(human, models)
+        intro.append(f"Human evaluation (study {human['study']}): {human['ratings']} ratings by "
+                     f"{len(human['annotators'])} annotators, blind, {human['per_item']} annotators per item; "
+                     "rubric scores 1-5 averaged per answer before the model means.")
+        sections += [("Human evaluation: rubric scores", h["human_scores"]),
+                     ("Human evaluation: side-by-side preferences", h["human_preferences"]),
+                     ("Human evaluation: inter-annotator agreement", h["human_agreement"]),
+                     ("Human scores vs automatic metrics (Spearman rho per answer)", h["human_vs_metrics"])]
+    sections.append(("Examples where the models disagree", examples))
+    md = [f"# Evaluation {facts['run_name']}\n", *[f"- {line}" for line in intro], ""]
+    for title, df in sections:
+        md += [f"## {title}\n", _markdown_table(df)]
+        if title == "Metrics":
+            md.append(f"![means]({plots['means'].name})\n")
+        if title == "By topic":
+            md.append(f"![topics]({plots['topics'].name})\n")
+    (out / "report.md").write_text("\n".join(md))
+
+    def img(p: Path) -> str:
+        return f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+
+    html = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>Evaluation {escape(facts['run_name'])}</title>",
+            "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
+            "margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;"
+            "vertical-align:top}th{background:#f3f3f3}img{max-width:100%}</style></head><body>",
+            f"<h1>Evaluation {escape(facts['run_name'])}</h1><ul>",
+            *[f"<li>{escape(line).replace('**', '')}</li>" for line in intro], "</ul>"]
+    for title, df in sections:
+        html.append(f"<h2>{escape(title)}</h2>")
+        html.append(df.to_html(index=False, escape=True, border=0) if not df.empty else "<p>(none)</p>")
+        if title == "Metrics":
+            html.append(img(plots["means"]))
+        if title == "By topic":
+            html.append(img(plots["topics"]))
+    html.append("</body></html>")
+    (out / "report.html").write_text("\n".join(html))
+    return {"markdown": out / "report.md", "html": out / "report.html", **plots}
+
+

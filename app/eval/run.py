@@ -1,0 +1,263 @@
+"""The evaluation stage: many models, one test set, every metric, intervals, paired tests, a report.
+
+    app eval run [--set evaluation.models=[...]] [--set evaluation.test_set=questions.jsonl]
+    app eval compare [RUN]
+
+Results go to <home>/eval/<run>/: examples.parquet (one row per example: question, reference,
+context, each model's answer, error and every metric), examples.jsonl (the same, for people),
+summary.json (means with intervals, comparisons, breakdowns, facts), report.md, report.html and the
+plots. The same tables and the report are logged to an MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from app.config import EvalModel, ExperimentConfig
+from app.eval.answer import EvalError, answer_all, prompts
+from app.eval.report import METRICS, col, relative_improvement, summarize, write_report
+from app.eval.testset import dataset_split, fill_contexts, read_jsonl, sample
+
+
+def eval_root(cfg: ExperimentConfig) -> Path:
+    return cfg.paths.resolved_home() / "eval"
+
+
+def domain_definition(cfg: ExperimentConfig) -> str:
+    e = cfg.evaluation
+    f1, sim = f"token F1 >= {e.f1_threshold}", f"semantic similarity (all-MiniLM-L6-v2 cosine) >= {e.similarity_threshold}"
+    return {"f1_or_similarity": f"correct when {f1} or {sim}", "f1_and_similarity": f"correct when {f1} and {sim}",
+            "f1": f"correct when {f1}", "similarity": f"correct when {sim}"}[e.domain_rule]
+
+
+def score(frame: pd.DataFrame, answers: list[str], cfg: ExperimentConfig) -> pd.DataFrame:
+    """Every metric of one model's answers, one row per example."""
+    from app.eval.metrics import overlap_scores, score_answers
+
+    e = cfg.evaluation
+    refs = frame["reference"].tolist()
+    base = pd.DataFrame(score_answers(answers, refs, e.f1_threshold, e.similarity_threshold, e.domain_rule))
+    return pd.concat([base, pd.DataFrame(overlap_scores(answers, refs))], axis=1)[METRICS]
+
+
+def load_test_set(cfg: ExperimentConfig, progress: Callable[[str], None]) -> tuple[pd.DataFrame, str]:
+    e = cfg.evaluation
+    if e.test_set:
+        path = Path(e.test_set).expanduser().resolve()
+        frame, name = read_jsonl(path), str(path)
+    else:
+        from app.data.build import latest_dataset
+
+        path = latest_dataset(cfg)
+        frame, name = dataset_split(path), f"test split of {path.name}"
+    frame = sample(frame, e.max_examples, cfg.seed)
+    progress(f"test set: {name}, {len(frame)} examples, {frame['topic'].nunique()} topics")
+    return frame, name
+
+
+def served_models(cfg: ExperimentConfig, models: list[EvalModel], progress: Callable[[str], None]) -> bool:
+    """Make the project's Serve app serve every store model listed; True when this call deployed it."""
+    import httpx
+
+    from app import cluster
+    from app.serving.manager import attach, base_url, headers, up
+    from app.stages import model_store
+
+    names = [m.model_id for m in models if not m.url]
+    if not names:
+        cluster.connect(cfg.ray)
+        return False
+    store = model_store(cfg)
+    stored = {m.name for m in store.list()}
+    missing = [n for n in names if n not in stored]
+    if missing:
+        raise EvalError(f"evaluation models {missing} are not in the model store ({sorted(stored)}); fine-tune "
+                        "first (`app train run`), or list other models in evaluation.models")
+    try:
+        listed = httpx.get(base_url(cfg.serving) + "/v1/models", headers=headers(cfg.serving), timeout=10).json()
+        running = {m["id"] for m in listed.get("data", [])}
+    except (httpx.HTTPError, ValueError, TypeError, KeyError):
+        running = set()
+    if set(names) <= running and attach(cfg):
+        progress(f"using the running Serve endpoint {base_url(cfg.serving)} for {', '.join(names)}")
+        return False
+    if running:
+        raise EvalError(f"the Serve app at {base_url(cfg.serving)} serves {sorted(running)}, not all of {names}: "
+                        f"stop it (`app serve down`) or serve these models (serving.models)")
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()  # a private cluster of an earlier stage: Serve goes on the persistent one
+    progress(f"deploying {', '.join(names)} on Ray Serve for the evaluation (minutes on a CPU machine)")
+    up(cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"models": names})}), progress)
+    return True
+
+
+def evaluate(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of: str | None = None,
+             progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Answer the test set with every configured model, score, aggregate, report, track."""
+    import mlflow
+    from transformers import AutoTokenizer
+
+    from app import cluster
+    from app.eval.metrics import corpus_bleu
+    from app.stages import model_store
+    from app.tracking import connect, log_table, start_run
+
+    e = cfg.evaluation
+    connect(cfg)
+    base = model_store(cfg).resolve(cfg.model, progress=progress)
+    models = e.model_list(cfg.model.name, cfg.training.output_model or f"{cfg.model.name}-lora")
+    run_name = e.run_name or f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = eval_root(cfg) / run_name
+    if out.exists() and any(out.iterdir()):
+        raise EvalError(f"evaluation run {run_name} exists at {out}; pick another evaluation.run_name")
+    frame, test_name = load_test_set(cfg, progress)  # bad input fails before any engine starts
+    tags = {"rerun_of": rerun_of} if rerun_of else {}
+    with start_run(cfg, "evaluate", config_path, run_name=run_name, tags=tags) as run:
+        deployed = served_models(cfg, models, progress)
+        cluster.connect(cfg.ray)
+        frame, retrieval = fill_contexts(frame, cfg, base.path / "tokenizer.json", progress)
+        tokenizer = AutoTokenizer.from_pretrained(base.path)
+        messages = prompts(frame, cfg, tokenizer)
+        progress(f"answering {len(frame)} questions with {', '.join(m.name for m in models)}")
+        table = frame.copy()
+        facts_models, bleu = {}, {}
+        try:
+            for m in models:
+                answers, errors, facts_models[m.name] = answer_all(frame, messages, m, cfg, progress)
+                table[col(m.name, "answer")], table[col(m.name, "error")] = answers, errors
+                scores = score(frame, answers, cfg)
+                for k in METRICS:
+                    table[col(m.name, k)] = scores[k].to_numpy()
+                bleu[m.name] = corpus_bleu(answers, frame["reference"].tolist())
+        finally:
+            if deployed:
+                from app.serving.manager import remove_app
+
+                progress("removing the Serve app this evaluation deployed")
+                remove_app()
+        names = [m.name for m in models]
+        summary = summarize(table, names, e.bootstrap_samples, e.confidence, cfg.seed, bleu)
+        facts = {"run_name": run_name, "test_set": test_name, "retrieval": retrieval, "max_new_tokens": e.max_new_tokens,
+                 "domain_definition": domain_definition(cfg), "models": facts_models,
+                 "mlflow_run_id": run.info.run_id}
+        summary["facts"] = facts
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(out / "examples.parquet", index=False)
+        table.to_json(out / "examples.jsonl", orient="records", lines=True, force_ascii=False)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        files = write_report(out, summary, table, facts)
+        progress(f"report: {files['markdown']} and {files['html']}")
+
+        mlflow.log_params({"eval.models": ",".join(names), "eval.examples": len(table),
+                           "eval.test_set": test_name[:250]})
+        for m in names:
+            for k in METRICS:
+                v = summary["means"][m][k]
+                mlflow.log_metrics({f"{m}.{k}": v["mean"], f"{m}.{k}_low": v["low"], f"{m}.{k}_high": v["high"]})
+            mlflow.log_metric(f"{m}.bleu_corpus", bleu[m])
+            if facts_models[m].get("examples_per_s"):
+                mlflow.log_metric(f"{m}.examples_per_s", facts_models[m]["examples_per_s"])
+        improvements = {}
+        for m in names[1:]:
+            rel = relative_improvement(summary, m)
+            improvements[m] = rel
+            c = summary["comparisons"][m]["domain_correct"]
+            mlflow.log_metrics({f"{m}.domain_accuracy_diff": c["difference"], f"{m}.domain_accuracy_p": c["p_permutation"]})
+            if rel is not None:
+                mlflow.log_metric(f"{m}.domain_accuracy_relative", rel)
+        log_table(table.drop(columns=["context"]).to_dict("records"), "eval/examples.json")
+        for name in ("report.md", "report.html", "summary.json", "means.png", "topics.png"):
+            mlflow.log_artifact(str(out / name), "eval")
+    result = {"run_id": run.info.run_id, "run_name": run_name, "output": str(out), "examples": len(table),
+              "models": names, "domain_accuracy": {m: summary["means"][m]["domain_correct"] for m in names},
+              "relative_improvement": improvements,
+              "p_values": {m: summary["comparisons"][m]["domain_correct"]["p_permutation"] for m in names[1:]},
+              "report": str(files["html"])}
+    return result
+
+
+def load_summary(cfg: ExperimentConfig, run: str | None) -> tuple[str, dict[str, Any]]:
+    """(run name, summary) of the named evaluation run, or of the latest one."""
+    root = eval_root(cfg)
+    if run:
+        path = root / run / "summary.json"
+        if not path.is_file():
+            known = sorted(p.name for p in root.glob("*/summary.json")) if root.is_dir() else []
+            raise EvalError(f"no evaluation run {run!r} under {root} (runs: {[Path(k).parent.name for k in known]})")
+    else:
+        runs = sorted(root.glob("*/summary.json"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+        if not runs:
+            raise EvalError(f"no evaluation runs under {root}; run `app eval run` first")
+        path = runs[-1]
+    return path.parent.name, json.loads(path.read_text())
+
+
+def human_store(cfg: ExperimentConfig):
+    from app.eval.human import HumanEvalStore
+
+    return HumanEvalStore(cfg.evaluation.human.url(cfg.paths.resolved_home()))
+
+
+def create_study(cfg: ExperimentConfig, name: str, annotators: list[str], run: str | None = None) -> dict[str, Any]:
+    """A human-evaluation study over an evaluation run (default: the latest)."""
+    h = cfg.evaluation.human
+    run_name, _ = load_summary(cfg, run)
+    store = human_store(cfg)
+    try:
+        return store.create_study(name, eval_root(cfg) / run_name, annotators, h.per_item, h.examples, cfg.seed,
+                                  h.pairwise)
+    finally:
+        store.close()
+
+
+def human_results(cfg: ExperimentConfig, study: str, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Agreement, human scores and their correlation with the metrics; folded into the run's report and MLflow run."""
+    import mlflow
+
+    from app.eval.agreement import agreement, metric_correlations, model_scores
+    from app.eval.human import CRITERIA, HumanEvalError
+    from app.tracking import connect
+
+    e = cfg.evaluation
+    store = human_store(cfg)
+    try:
+        info, ratings, status = store.study(study), store.ratings(study), store.status(study)
+    finally:
+        store.close()
+    if ratings.empty:
+        raise HumanEvalError(f"study {study} has no ratings yet (annotators rate at `app eval human serve`)")
+    out = Path(info["eval_run"])
+    summary = json.loads((out / "summary.json").read_text())
+    table = pd.read_parquet(out / "examples.parquet")
+    human = {"study": study, "ratings": int(len(ratings)), "expected": status["expected"], "per_item": info["per_item"],
+             "annotators": sorted(ratings["annotator"].unique().tolist()),
+             "agreement": agreement(ratings, info["per_item"]),
+             "scores": model_scores(ratings, info["models"], e.bootstrap_samples, e.confidence, cfg.seed),
+             "correlations": metric_correlations(ratings, table)}
+    (out / f"human-{study}.json").write_text(json.dumps(human, indent=2))
+    ratings.to_csv(out / f"human-{study}-ratings.csv", index=False)
+    files = write_report(out, summary, table, summary["facts"], human=human)
+    progress(f"{len(ratings)} of {status['expected']} ratings; report updated: {files['markdown']}, {files['html']}")
+    run_id = summary["facts"].get("mlflow_run_id")
+    if run_id:
+        connect(cfg)
+        with mlflow.start_run(run_id=run_id):
+            for c, a in human["agreement"].items():
+                if a.get("krippendorff_alpha") is not None:
+                    mlflow.log_metric(f"human.{c}.krippendorff_alpha", a["krippendorff_alpha"])
+                if a.get("fleiss", {}).get("kappa") is not None:
+                    mlflow.log_metric(f"human.{c}.fleiss_kappa", a["fleiss"]["kappa"])
+            for m, per in human["scores"]["scores"].items():
+                for c in CRITERIA:
+                    if c in per:
+                        mlflow.log_metric(f"human.{m}.{c}", per[c]["mean"])
+            for name in (f"human-{study}.json", f"human-{study}-ratings.csv", "report.md", "report.html"):
+                mlflow.log_artifact(str(out / name), "eval")
+    return {"study": study, "eval_run": out.name, "report": str(files["html"]), **human}

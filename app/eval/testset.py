@@ -1,0 +1,166 @@
+"""Test examples for evaluation: the dataset's test split, or a user's JSONL with context retrieved.
+
+A user-supplied file holds human-written questions and reference answers. Where an example has
+no context, the passages of the team's corpus that best match the question are retrieved (BM25
+or embeddings, top-k), so every model answers from the same context, as in the test split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from app.config import ExperimentConfig, RetrievalConfig
+from app.data.schema import pair_id
+
+COLUMNS = ["example_id", "question", "reference", "context", "topic", "origin", "context_source"]
+
+
+class EvalDataError(ValueError):
+    """A test set that cannot be evaluated, with the reason (file, line, field)."""
+
+
+def read_jsonl(path: Path) -> pd.DataFrame:
+    """Examples of a JSONL file: question and answer (or reference) required; context, topic, id optional."""
+    if not path.is_file():
+        raise EvalDataError(f"evaluation.test_set {path} does not exist")
+    rows, problems = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"line {n}: not JSON ({exc.msg})")
+            continue
+        if not isinstance(obj, dict):
+            problems.append(f"line {n}: expected an object, got {type(obj).__name__}")
+            continue
+        question = obj.get("question")
+        reference = obj.get("answer", obj.get("reference"))
+        if not isinstance(question, str) or not question.strip():
+            problems.append(f"line {n}: no question")
+            continue
+        if not isinstance(reference, str) or not reference.strip():
+            problems.append(f"line {n}: no answer (or reference)")
+            continue
+        context = obj.get("context") or ""
+        if not isinstance(context, str):
+            problems.append(f"line {n}: context must be a string")
+            continue
+        rows.append({"example_id": str(obj.get("id") or pair_id("human", path.name, question)), "question": question.strip(),
+                     "reference": reference.strip(), "context": context.strip(),
+                     "topic": str(obj.get("topic") or "unlabelled"), "origin": str(obj.get("origin") or "human"),
+                     "context_source": "given" if context.strip() else ""})
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; … {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise EvalDataError(f"{path}: {len(problems)} bad line(s): {shown}")
+    if not rows:
+        raise EvalDataError(f"{path} holds no examples")
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    dupes = frame["example_id"][frame["example_id"].duplicated()].unique().tolist()
+    if dupes:
+        raise EvalDataError(f"{path}: example ids used twice: {dupes[:5]}")
+    return frame
+
+
+def dataset_split(path: Path, split: str = "test") -> pd.DataFrame:
+    """The examples of one split of a built dataset, in the evaluation's columns."""
+    file = path / f"{split}.parquet"
+    if not file.is_file():
+        raise EvalDataError(f"dataset {path} has no {split} split ({file.name} missing)")
+    df = pd.read_parquet(file)
+    if df.empty:
+        raise EvalDataError(f"the {split} split of {path} is empty")
+    return pd.DataFrame({"example_id": df["pair_id"], "question": df["question"], "reference": df["answer"],
+                         "context": df["context"].fillna(""), "topic": df["topic"].fillna("unlabelled"),
+                         "origin": df["generator"].map(origin_of), "context_source": "dataset"})[COLUMNS]
+
+
+def origin_of(generator: str) -> str:
+    """Generator families for breakdowns: 'llm:<model>' -> 'llm', 'extract:<rule>' -> 'extract'."""
+    return str(generator).split(":", 1)[0] if generator else "unknown"
+
+
+def sample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    """At most ``limit`` examples, proportionally from every topic (deterministic for a seed)."""
+    if not limit or limit >= len(frame):
+        return frame.sort_values("example_id").reset_index(drop=True)
+    from app.train.data import stratified_sample
+
+    keep = {r["example_id"] for r in stratified_sample(frame.to_dict("records"), limit, seed)}
+    return frame[frame["example_id"].isin(keep)].sort_values("example_id").reset_index(drop=True)
+
+
+# -- retrieval ----------------------------------------------------------------------------------------
+
+
+class Retriever:
+    """Top-k passages of a chunked corpus for a question, by BM25 or embedding cosine."""
+
+    def __init__(self, chunks: list[dict[str, Any]], cfg: RetrievalConfig) -> None:
+        if not chunks:
+            raise EvalDataError("the retrieval corpus has no text to index")
+        self.chunks, self.cfg = chunks, cfg
+        texts = [c["text"] for c in chunks]
+        if cfg.method == "bm25":
+            import bm25s
+
+            self._bm25 = bm25s.BM25()
+            self._bm25.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+        else:
+            from app.data.embed import embed
+
+            self._vectors = embed(texts)
+
+    def search(self, questions: list[str]) -> list[list[tuple[int, float]]]:
+        """(chunk index, score) of the best ``top_k`` chunks per question, best first."""
+        k = min(self.cfg.top_k, len(self.chunks))
+        if self.cfg.method == "bm25":
+            import bm25s
+
+            idx, scores = self._bm25.retrieve(bm25s.tokenize(questions, stopwords="en", show_progress=False), k=k,
+                                              show_progress=False)
+            return [[(int(i), float(s)) for i, s in zip(ri, rs)] for ri, rs in zip(idx, scores)]
+        from app.data.embed import embed
+
+        sims = embed(questions) @ self._vectors.T
+        order = np.argsort(-sims, axis=1)[:, :k]
+        return [[(int(i), float(sims[q, i])) for i in row] for q, row in enumerate(order)]
+
+    def contexts(self, questions: list[str]) -> list[str]:
+        return ["\n\n".join(self.chunks[i]["text"] for i, _ in hits) for hits in self.search(questions)]
+
+
+def corpus_chunks(cfg: ExperimentConfig, tokenizer_file: Path, progress: Callable[[str], None]) -> list[dict]:
+    """The retrieval corpus chunked as the dataset build chunks it (Ray Data over the files)."""
+    from app.data.build import read_corpus
+    from app.data.corpus import ensure_default_corpus
+
+    where = cfg.evaluation.retrieval.corpus_dir or cfg.data.docs_dir
+    root = Path(where).expanduser().resolve() if where else ensure_default_corpus(cfg.paths.resolved_home(), progress)
+    if not root.is_dir():
+        raise EvalDataError(f"retrieval corpus {root} does not exist or is not a folder")
+    docs, _ = read_corpus(cfg, root, tokenizer_file, progress)
+    return [c for d in docs for c in d["chunks"]]
+
+
+def fill_contexts(frame: pd.DataFrame, cfg: ExperimentConfig, tokenizer_file: Path,
+                  progress: Callable[[str], None]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Retrieve a context for every example that has none; facts about the retrieval for the report."""
+    missing = frame["context"].str.strip() == ""
+    if not missing.any():
+        return frame, {"retrieved": 0}
+    r = cfg.evaluation.retrieval
+    chunks = corpus_chunks(cfg, tokenizer_file, progress)
+    progress(f"retrieving context for {int(missing.sum())} questions ({r.method}, top {r.top_k} of {len(chunks)} "
+             "passages)")
+    retriever = Retriever(chunks, r)
+    frame = frame.copy()
+    frame.loc[missing, "context"] = retriever.contexts(frame.loc[missing, "question"].tolist())
+    frame.loc[missing, "context_source"] = f"retrieved:{r.method}"
+    return frame, {"retrieved": int(missing.sum()), "method": r.method, "top_k": r.top_k, "passages": len(chunks)}

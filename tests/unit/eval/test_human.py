@@ -1,0 +1,127 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from app.eval.agreement import agreement, metric_correlations, model_scores
+from app.eval.human import HumanEvalError, HumanEvalStore, deal
+from app.eval.report import METRICS, col
+
+
+def eval_run(path, n=6, models=("base", "tuned")):
+    """A finished evaluation run's files (as app.eval.run writes them)."""
+    path.mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        r = {"example_id": f"e{i}", "question": f"What does f{i} do?", "reference": f"f{i} returns {i}.",
+             "context": f"f{i}() returns {i}.", "topic": f"t{i % 2}", "origin": "llm"}
+        for j, m in enumerate(models):
+            r[col(m, "answer")] = f"It returns {i + j}." if j else f"f{i} gives {i}."
+            r[col(m, "error")] = ""
+            for k in METRICS:
+                r[col(m, k)] = float((i + j) % 3 == 0) if k == "domain_correct" else ((i * 7 + j * 3) % 10) / 10
+        rows.append(r)
+    pd.DataFrame(rows).to_parquet(path / "examples.parquet")
+    (path / "summary.json").write_text(json.dumps({"models": list(models)}))
+    return path
+
+
+def test_deal_balances_and_overlaps():
+    dealt = deal(12, 3, 2, seed=0)
+    assert all(len(set(d)) == 2 for d in dealt)
+    loads = np.bincount([a for d in dealt for a in d])
+    assert loads.tolist() == [8, 8, 8]
+    pairs = {tuple(sorted(d)) for d in dealt}
+    assert pairs == {(0, 1), (0, 2), (1, 2)}
+    with pytest.raises(HumanEvalError, match="at least two annotators"):
+        deal(5, 3, 1, 0)
+    with pytest.raises(HumanEvalError, match="only 2 annotators"):
+        deal(5, 2, 3, 0)
+
+
+def test_study_is_blind_assigned_and_rated(tmp_path):
+    store = HumanEvalStore(f"sqlite:///{tmp_path / 'h.db'}")
+    run = eval_run(tmp_path / "run")
+    made = store.create_study("s1", run, ["ann", "bob", "cy"], per_item=2, examples=4, seed=1)
+    # 4 examples x (2 single + 1 pair) = 12 items, each to 2 of 3 annotators: 8 each.
+    assert made["items"] == 12 and made["assignments"] == {"ann": 8, "bob": 8, "cy": 8}
+    with pytest.raises(HumanEvalError, match="exists"):
+        store.create_study("s1", run, ["x", "y"])
+    with pytest.raises(HumanEvalError, match="unknown study, annotator or token"):
+        store.login("s1", "ann", "wrong")
+    ann = store.login("s1", "ann", made["tokens"]["ann"])
+    item = store.next_item(ann)
+    assert "model_a" not in item and "base" not in json.dumps(item) and "tuned" not in json.dumps(item)
+    other = store.login("s1", "bob", made["tokens"]["bob"])
+    mine = {store.next_item(ann)["item_id"]}
+    with pytest.raises(HumanEvalError, match="not assigned to you"):
+        unassigned = next(i for i in range(1, 13) if i not in
+                          {x for x in range(1, 13) if _assigned(store, ann, x)})
+        store.rate(ann, unassigned, {"preference": "A"})
+    bad = {"correctness": 6, "groundedness": 3, "helpfulness": 3} if item["kind"] == "single" else {"preference": "C"}
+    with pytest.raises(HumanEvalError, match="must be"):
+        store.rate(ann, item["item_id"], bad)
+    good = {"correctness": 4, "groundedness": 3, "helpfulness": 5} if item["kind"] == "single" else {"preference": "tie"}
+    store.rate(ann, item["item_id"], good)
+    assert store.next_item(ann)["item_id"] not in mine
+    assert store.progress(ann) == {"done": 1, "total": 8} and store.progress(other)["done"] == 0
+    store.rate(ann, item["item_id"], {**good, "note": "changed my mind"})  # a second rating replaces the first
+    df = store.ratings("s1")
+    assert len(df) == 1 and df["note"][0] == "changed my mind" and df["model_a"][0] in ("base", "tuned")
+    assert store.status("s1")["ratings"] == 1 and store.status("s1")["expected"] == 24
+
+
+def _assigned(store, annotator, item_id):
+    try:
+        store.item_for(annotator, item_id)
+        return True
+    except HumanEvalError:
+        return False
+
+
+def ratings_frame(rows):
+    return pd.DataFrame(rows, columns=["item_id", "example_id", "kind", "annotator", "model_a", "model_b",
+                                       "correctness", "groundedness", "helpfulness", "preference", "note"])
+
+
+def test_agreement_by_hand():
+    # Two annotators, four single items; correctness x = [5,4,2,1], y = [5,3,2,1].
+    rows = []
+    for item, (x, y) in enumerate([(5, 5), (4, 3), (2, 2), (1, 1)], 1):
+        for who, v in (("a", x), ("b", y)):
+            rows.append([item, f"e{item}", "single", who, "m", None, v, 3, 3, None, ""])
+    # Three pair items, preferences a: A, A, B; b: A, B, B.
+    for item, (x, y) in enumerate([("A", "A"), ("A", "B"), ("B", "B")], 10):
+        for who, v in (("a", x), ("b", y)):
+            rows.append([item, f"e{item}", "pair", who, "m", "n", None, None, None, v, ""])
+    out = agreement(ratings_frame(rows), per_item=2)
+    c = out["correctness"]
+    # Cohen: 3 of 4 agree (p_o 0.75); marginals a {5,4,2,1}, b {5,3,2,1}: p_e = 3/16.
+    assert c["cohen_kappa"][0]["kappa"] == pytest.approx((0.75 - 3 / 16) / (1 - 3 / 16))
+    # Fleiss over the same 4 items x 2 raters: P_bar = 3/4; p_j = 2/8 for 5, 2, 1 and 1/8 for 4, 3.
+    p_e = 3 * (2 / 8) ** 2 + 2 * (1 / 8) ** 2
+    assert c["fleiss"]["kappa"] == pytest.approx((0.75 - p_e) / (1 - p_e))
+    # Krippendorff nominal for preferences: coincidences A-A 2, B-B 2, A-B 1, B-A 1 (n = 6);
+    # D_o = 2/6, D_e = (3*3 + 3*3) / (6*5) = 18/30: alpha = 1 - (2/6)/(18/30) = 4/9.
+    assert out["preference"]["krippendorff_alpha"] == pytest.approx(4 / 9)
+    assert out["groundedness"]["krippendorff_alpha"] is None  # one value everywhere: undefined
+    assert out["correctness"]["krippendorff_alpha"] > 0.8
+
+
+def test_model_scores_and_correlations():
+    rows = [[1, "e1", "single", "a", "base", None, 2, 3, 3, None, ""], [1, "e1", "single", "b", "base", None, 4, 3, 3, None, ""],
+            [2, "e1", "single", "a", "tuned", None, 5, 5, 5, None, ""], [3, "e2", "single", "a", "base", None, 1, 1, 1, None, ""],
+            [4, "e2", "single", "a", "tuned", None, 4, 4, 4, None, ""],
+            [5, "e1", "pair", "a", "tuned", "base", None, None, None, "A", ""],
+            [5, "e1", "pair", "b", "tuned", "base", None, None, None, "tie", ""]]
+    df = ratings_frame(rows)
+    s = model_scores(df, ["base", "tuned"], 200, 0.95, 0)
+    assert s["scores"]["base"]["correctness"]["mean"] == pytest.approx((3 + 1) / 2)  # item 1 averaged first
+    assert s["preferences"]["tuned"] == {"against": "base", "votes": 2, "wins": 1, "losses": 0, "ties": 1}
+    ex = pd.DataFrame({"example_id": ["e1", "e2"], **{col(m, k): v for m, v in (("base", [0.4, 0.2]), ("tuned", [0.9, 0.3]))
+                                                      for k in METRICS}})
+    corr = metric_correlations(df, ex)
+    # Human (mean correctness) 3, 5, 1, 4 and metric 0.4, 0.9, 0.2, 0.3: rank differences 1, 0, 0, 1,
+    # rho = 1 - 6 * 2 / (4 * 15) = 0.8.
+    assert corr["answers"] == 4 and corr["correctness"]["token_f1"]["rho"] == pytest.approx(0.8)
