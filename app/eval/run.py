@@ -104,7 +104,6 @@ def evaluate(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
     import mlflow
     from transformers import AutoTokenizer
 
-    from app import cluster
     from app.eval.metrics import corpus_bleu
     from app.stages import model_store
     from app.tracking import connect, log_table, start_run
@@ -120,8 +119,9 @@ def evaluate(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
     frame, test_name = load_test_set(cfg, progress)  # bad input fails before any engine starts
     tags = {"rerun_of": rerun_of} if rerun_of else {}
     with start_run(cfg, "evaluate", config_path, run_name=run_name, tags=tags) as run:
+        # Connected by now (to the Serve cluster when store models are evaluated), without the
+        # cluster's log forwarding: the replicas' access logs would drown the progress lines.
         deployed = served_models(cfg, models, progress)
-        cluster.connect(cfg.ray)
         frame, retrieval = fill_contexts(frame, cfg, base.path / "tokenizer.json", progress)
         tokenizer = AutoTokenizer.from_pretrained(base.path)
         messages = prompts(frame, cfg, tokenizer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,10 @@ import httpx
 
 from app import cluster
 from app.config import ExperimentConfig, ServingConfig
+
+# httpx logs every request at INFO; once Ray has set up structured logging in the driver, the
+# readiness polls of a deployment would fill a job's output with them.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 APP_NAME = "llm"
 
