@@ -13,9 +13,13 @@ from app.config import RayConfig
 _forwarding: dict[str, bool | None] = {"logs": None}
 
 
-def note_connection(log_to_driver: bool) -> None:
-    """Record how the process just connected (for callers that call ray.init themselves)."""
-    _forwarding["logs"] = log_to_driver
+def join_quietly(address: str) -> None:
+    """Join the cluster at ``address`` without forwarding its workers' output (serving commands:
+    engine logs would flood them); a later :func:`connect` re-joins with forwarding."""
+    import ray
+
+    ray.init(address=address, log_to_driver=False)
+    _forwarding["logs"] = False
 
 
 def connect(cfg: RayConfig) -> dict[str, float]:
@@ -33,12 +37,12 @@ def connect(cfg: RayConfig) -> dict[str, float]:
         address = ray.get_runtime_context().gcs_address
         ray.shutdown()
         ray.init(address=address, log_to_driver=True)
-        note_connection(True)
+        _forwarding["logs"] = True
     elif not ray.is_initialized():
         address = cfg.address or os.environ.get("RAY_ADDRESS")
         # "local": without it ray.init joins whatever /tmp/ray/ray_current_cluster names, a
         # cluster that may be long gone (a stale file fails the connection after a minute).
         kwargs = {"address": address} if address else {"address": "local", "num_cpus": cfg.num_cpus}
         ray.init(**kwargs, log_to_driver=True, include_dashboard=None if address else cfg.dashboard)
-        note_connection(True)
+        _forwarding["logs"] = True
     return ray.cluster_resources()

@@ -174,35 +174,6 @@ def generate_pairs(cfg: ExperimentConfig, chunks: pd.DataFrame, model_path: Path
     return rows, info
 
 
-def ensure_served(cfg: ExperimentConfig, progress: Callable[[str], None]) -> bool:
-    """Join the cluster of a Serve app that already serves the generation model, else deploy it.
-
-    Returns True when this call deployed it (the build then removes it when done)."""
-    import httpx
-
-    from app.serving.manager import attach, base_url, headers, up
-
-    model = cfg.data.generation.model or cfg.model.name
-    try:
-        listed = httpx.get(base_url(cfg.serving) + "/v1/models", headers=headers(cfg.serving), timeout=10).json()
-        served = model in {m["id"] for m in listed.get("data", [])}
-    except (httpx.HTTPError, ValueError, TypeError, KeyError):
-        served = False
-    if served and attach(cfg):
-        progress(f"using the running Serve endpoint {base_url(cfg.serving)} for {model}")
-        return False
-    progress(f"deploying {model} on Ray Serve for QA generation (minutes on a CPU machine)")
-    import ray
-
-    if ray.is_initialized():
-        # An earlier stage of this process (the pipeline's model check) may have started a private
-        # local cluster, which would die with the process and has too few CPUs for Serve: let `up`
-        # join or start the persistent one instead.
-        ray.shutdown()
-    up(cfg, progress)
-    return True
-
-
 def endpoint(cfg: ExperimentConfig) -> tuple[str, str | None]:
     """(base URL ending in /v1, API key) of the generation endpoint; the Serve app is deployed if down."""
     import httpx
@@ -214,7 +185,7 @@ def endpoint(cfg: ExperimentConfig) -> tuple[str, str | None]:
         base, key = external_endpoint(g.url, g.api_key_env, "data.generation", DatasetError)
     else:
         base, key = base_url(cfg.serving) + "/v1", cfg.serving.api_key
-    try:
+    try:  # liveness only: which models it lists is not checked here
         httpx.get(base + "/models", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=10).raise_for_status()
     except httpx.HTTPError as exc:
         raise DatasetError(f"generation endpoint {base} does not answer /models ({exc}); for the project's own "
@@ -356,7 +327,9 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
     with start_run(cfg, "build_dataset", config_path, inputs={"corpus": hash_path(root)}, tags=tags) as run:
         deployed = False
         if d.generation.enabled and d.generation.backend == "serve":
-            deployed = ensure_served(cfg, progress)
+            from app.serving.manager import ensure_served
+
+            deployed = ensure_served(cfg, [d.generation.model or cfg.model.name], "QA generation", progress)
         else:
             cluster.connect(cfg.ray)
         _data_context()

@@ -43,10 +43,10 @@ def endpoint_of(m: EvalModel, cfg: ExperimentConfig) -> tuple[str, str | None]:
 def check_endpoint(m: EvalModel, base: str, key: str | None) -> None:
     import httpx
 
+    from app.serving.manager import listed_models
+
     try:
-        r = httpx.get(base + "/models", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=15)
-        r.raise_for_status()
-        ids = {x["id"] for x in r.json().get("data", [])}
+        ids = listed_models(base, key, timeout=15)
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
         raise EvalError(f"evaluation model {m.name}: {base}/models does not answer ({exc})") from None
     if m.model_id not in ids:

@@ -75,14 +75,18 @@ def create_app(store: HumanEvalStore) -> FastAPI:
 
     # -- API -------------------------------------------------------------------------------------
 
-    @app.post("/api/login")
-    async def api_login(request: Request) -> Any:
+    async def json_object(request: Request, fields: str) -> dict[str, Any]:
         try:
             body = await request.json()
         except ValueError:
-            raise HumanEvalError("the body must be JSON: {study, name, token}") from None
+            raise HumanEvalError(f"the body must be JSON: {fields}") from None
         if not isinstance(body, dict):
-            raise HumanEvalError("the body must be a JSON object: {study, name, token}")
+            raise HumanEvalError(f"the body must be a JSON object: {fields}")
+        return body
+
+    @app.post("/api/login")
+    async def api_login(request: Request) -> Any:
+        body = await json_object(request, "{study, name, token}")
         return {"session": login(str(body.get("study", "")), str(body.get("name", "")), str(body.get("token", "")))}
 
     @app.get("/api/next")
@@ -96,12 +100,7 @@ def create_app(store: HumanEvalStore) -> FastAPI:
     @app.post("/api/rate")
     async def api_rate(request: Request) -> Any:
         annotator = who(request)
-        try:
-            body = await request.json()
-        except ValueError:
-            raise HumanEvalError("the body must be JSON") from None
-        if not isinstance(body, dict):
-            raise HumanEvalError("the body must be a JSON object")
+        body = await json_object(request, "{item_id, correctness, groundedness, helpfulness | preference, note}")
         return store.rate(annotator, body.get("item_id"), body)
 
     # -- pages -----------------------------------------------------------------------------------

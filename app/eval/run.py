@@ -62,10 +62,8 @@ def load_test_set(cfg: ExperimentConfig, progress: Callable[[str], None]) -> tup
 
 def served_models(cfg: ExperimentConfig, models: list[EvalModel], progress: Callable[[str], None]) -> bool:
     """Make the project's Serve app serve every store model listed; True when this call deployed it."""
-    import httpx
-
     from app import cluster
-    from app.serving.manager import attach, base_url, headers, up
+    from app.serving.manager import ensure_served
     from app.stages import model_store
 
     names = [m.model_id for m in models if not m.url]
@@ -78,24 +76,9 @@ def served_models(cfg: ExperimentConfig, models: list[EvalModel], progress: Call
     if missing:
         raise EvalError(f"evaluation models {missing} are not in the model store ({sorted(stored)}); fine-tune "
                         "first (`app train run`), or list other models in evaluation.models")
-    try:
-        listed = httpx.get(base_url(cfg.serving) + "/v1/models", headers=headers(cfg.serving), timeout=10).json()
-        running = {m["id"] for m in listed.get("data", [])}
-    except (httpx.HTTPError, ValueError, TypeError, KeyError):
-        running = set()
-    if set(names) <= running and attach(cfg):
-        progress(f"using the running Serve endpoint {base_url(cfg.serving)} for {', '.join(names)}")
-        return False
-    if running:
-        raise EvalError(f"the Serve app at {base_url(cfg.serving)} serves {sorted(running)}, not all of {names}: "
-                        f"stop it (`app serve down`) or serve these models (serving.models)")
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()  # a private cluster of an earlier stage: Serve goes on the persistent one
-    progress(f"deploying {', '.join(names)} on Ray Serve for the evaluation (minutes on a CPU machine)")
-    up(cfg.model_copy(update={"serving": cfg.serving.model_copy(update={"models": names})}), progress)
-    return True
+    serving = cfg.serving.model_copy(update={"models": names})
+    return ensure_served(cfg.model_copy(update={"serving": serving}), names, "the evaluation", progress,
+                         replace_others=False)
 
 
 def evaluate(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of: str | None = None,

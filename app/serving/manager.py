@@ -52,6 +52,45 @@ def external_endpoint(url: str, api_key_env: str | None, what: str,
     return (base if base.endswith("/v1") else base + "/v1"), key
 
 
+def listed_models(base_v1: str, key: str | None, timeout: float = 10) -> set[str]:
+    """Model ids an OpenAI-compatible endpoint lists at /models (raises httpx.HTTPError, ValueError,
+    KeyError or TypeError when it does not answer properly)."""
+    r = httpx.get(base_v1 + "/models", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=timeout)
+    r.raise_for_status()
+    return {m["id"] for m in r.json().get("data", [])}
+
+
+def ensure_served(cfg: ExperimentConfig, model_ids: list[str], purpose: str,
+                  progress: Callable[[str], None] = print, replace_others: bool = True) -> bool:
+    """Join the cluster of the running Serve app when it serves every id in ``model_ids``, else
+    deploy ``cfg.serving`` on the persistent local cluster (or the configured one).
+
+    Returns True when this call deployed (the caller removes the app when done). With
+    ``replace_others=False`` an app serving other models is refused (ServeError) rather than replaced.
+    """
+    import ray
+
+    try:
+        running = listed_models(base_url(cfg.serving) + "/v1", cfg.serving.api_key)
+    except (httpx.HTTPError, ValueError, TypeError, KeyError):
+        running = set()
+    if set(model_ids) <= running and attach(cfg):
+        progress(f"using the running Serve endpoint {base_url(cfg.serving)} for {', '.join(model_ids)}")
+        return False
+    if running and not replace_others:
+        raise ServeError(f"the Serve app at {base_url(cfg.serving)} serves {sorted(running)}, not all of "
+                         f"{model_ids}: stop it (`app serve down`) or serve these models (serving.models)")
+    progress(f"deploying {', '.join(cfg.serving.models or [cfg.model.name])} on Ray Serve for {purpose} "
+             "(minutes on a CPU machine)")
+    if ray.is_initialized():
+        # An earlier stage of this process (the pipeline's model check) may have started a private
+        # local cluster, which would die with the process and has too few CPUs for Serve: let `up`
+        # join or start the persistent one instead.
+        ray.shutdown()
+    up(cfg, progress)
+    return True
+
+
 def headers(s: ServingConfig) -> dict[str, str]:
     return {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
 
@@ -143,8 +182,7 @@ def up(cfg: ExperimentConfig, progress: Callable[[str], None] = print) -> dict[s
     # that way lives and dies with this process.
     address = cluster_address(cfg, progress)
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
-        cluster.note_connection(False)
+        cluster.join_quietly(address)
     return deploy(cfg.paths.resolved_home(), cfg.serving, progress)
 
 
@@ -207,12 +245,9 @@ def wait_engines_gone(timeout_s: float = 120) -> bool:
 
 def attach(cfg: ExperimentConfig) -> bool:
     """Join the running cluster (configured, RAY_ADDRESS, or local); False when there is none."""
-    import ray
-
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
     try:
-        ray.init(address=address, log_to_driver=False)
-        cluster.note_connection(False)
+        cluster.join_quietly(address)
     except (ConnectionError, RuntimeError):
         return False
     return True

@@ -214,8 +214,7 @@ def run_sweep(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_o
 
     address = cluster_address(cfg, progress)
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
-        cluster.note_connection(False)
+        cluster.join_quietly(address)
     tags = {"rerun_of": rerun_of} if rerun_of else {}
     results: list[TrialResult] = []
     with start_run(cfg, "serve_sweep", config_path, inputs={"model": model_fingerprint(stored)}, tags=tags) as run:
