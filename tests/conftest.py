@@ -139,6 +139,25 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM = Path("/usr/bin/chromium")
 
 
+def page_wait(driver, timeout: float = 15):
+    """A WebDriverWait for polling a page that re-renders or navigates.
+
+    While a page replaces its nodes, Chromium can answer a read with a generic "unhandled inspector
+    error" (node not in the document) instead of a stale-element error; a poll retries on any
+    WebDriver error, and a real failure still ends as a timeout naming the condition.
+    """
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, ignored_exceptions=(WebDriverException,))
+
+
+def text_of(driver, element_id: str) -> str:
+    """An element's text read in one script call (no element handle that can go stale); '' if absent."""
+    return driver.execute_script(
+        "const e = document.getElementById(arguments[0]); return e ? e.textContent.trim() : '';", element_id)
+
+
 @pytest.fixture
 def browser(tmp_path):
     """Debian's headless Chromium through Selenium (skipped where chromium-driver is missing)."""

@@ -10,7 +10,7 @@ import pytest
 
 from app.eval.agreement import agreement
 from app.eval.human import HumanEvalStore
-from tests.conftest import web_server
+from tests.conftest import page_wait, web_server
 from tests.unit.eval.test_human import eval_run
 
 pytestmark = pytest.mark.integration
@@ -37,9 +37,8 @@ def study(tmp_path):
 
 def rate_everything(driver, base: str, who: str, token: str) -> list[int]:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(driver, 15)
+    wait = page_wait(driver)
     driver.delete_all_cookies()
     driver.get(base + "/")
     wait.until(lambda d: d.find_elements(By.ID, "login"))  # not logged in: sent to the login page

@@ -6,7 +6,7 @@ import pytest
 
 from app.data.review import ReviewStore
 from app.data.schema import pair_id
-from tests.conftest import web_server
+from tests.conftest import page_wait, text_of, web_server
 
 pytestmark = pytest.mark.integration
 
@@ -39,21 +39,18 @@ def review_server(tmp_path):
 
 
 def test_review_in_browser(review_server, browser):
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     store, base = review_server
     driver = browser
-    wait = WebDriverWait(driver, 15, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+    wait = page_wait(driver)
     el = lambda id_: driver.find_element(By.ID, id_)  # noqa: E731
 
     def current_id() -> str:
-        return wait.until(lambda d: d.find_element(By.ID, "pair-id").text)
+        return wait.until(lambda d: text_of(d, "pair-id"))
 
     def wait_next(previous: str) -> str:
-        wait.until(lambda d: d.find_element(By.ID, "pair-id").text not in ("", previous))
-        return current_id()
+        return wait.until(lambda d: text_of(d, "pair-id") not in ("", previous) and text_of(d, "pair-id"))
 
     driver.get(base + "/")
     first = current_id()
@@ -64,7 +61,7 @@ def test_review_in_browser(review_server, browser):
     # No reviewer name: the page refuses and stores nothing.
     assert el("reviewer").get_property("value") == ""
     el("approve").click()
-    wait.until(lambda d: "name" in d.find_element(By.ID, "status-msg").text)
+    wait.until(lambda d: "name" in text_of(d, "status-msg"))
     assert "error" in el("status-msg").get_attribute("class")
     assert store.get(first)["status"] == "pending" and store.stats()["events"] == 0
     assert current_id() == first
@@ -106,7 +103,7 @@ def test_review_in_browser(review_server, browser):
     counts = store.sync([make_pair(i, answer=f"Regenerated answer {i}.") for i in range(4)], "stdlib-qa", "build-2")
     assert counts == {"new": 0, "refreshed": 1, "kept_reviewed": 3}
     driver.get(f"{base}/item/{second}")
-    wait.until(lambda d: d.find_element(By.ID, "pair-id").text == second)
+    wait.until(lambda d: text_of(d, "pair-id") == second)
     assert el("answer").get_property("value") == EDITED
     assert el("item-status").text == "edited"
     history = el("history").text
