@@ -417,6 +417,42 @@ class EvalModel(_Section):
         return self.model or self.name
 
 
+DEFAULT_JUDGE_PROMPT = (
+    "You grade answers to questions about a team's documentation.\n\n"
+    "Question: {question}\n\nReference answer: {reference}\n\nCandidate answer: {answer}\n\n"
+    "Does the candidate answer say what the reference answer says (wording may differ; missing or "
+    "contradicting facts make it incorrect)? Reply with one word: correct or incorrect."
+)
+
+
+class JudgeConfig(_Section):
+    """An LLM that grades each answer against the reference: a second, model-based domain accuracy
+    ("LLM-judge accuracy"), reported with its interval and paired tests beside the metric-based one."""
+
+    model: EvalModel = Field(..., description="The judge: a model-store entry (served by the project's Serve "
+                             "app with the evaluated models) or, with `url`, a model at any OpenAI-compatible API.")
+    prompt: str = Field(DEFAULT_JUDGE_PROMPT, description="User message sent to the judge; must contain "
+                        "{question}, {reference} and {answer}. The verdict is the first of the words "
+                        "correct/incorrect/yes/no in the reply; a reply without one counts as incorrect.")
+    max_new_tokens: PositiveInt = Field(16, description="Tokens the judge may reply with (greedy).")
+
+    @field_validator("prompt")
+    @classmethod
+    def _placeholders(cls, v: str) -> str:
+        import string
+
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"judge prompt is not a valid format string ({exc}); write literal braces as {{{{ }}}}") from None
+        missing = {"question", "reference", "answer"} - fields
+        unknown = fields - {"question", "reference", "answer"}
+        if missing or unknown:
+            raise ValueError(f"judge prompt must use exactly {{question}}, {{reference}} and {{answer}}"
+                             f" (missing {sorted(missing)}, unknown {sorted(unknown)})")
+        return v
+
+
 class RetrievalConfig(_Section):
     """Context for test questions that come without one: passages of the indexed corpus."""
 
@@ -464,6 +500,8 @@ class EvaluationConfig(_Section):
     run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
                                  description="Folder of the results under <home>/eval; None: dated.")
     human: HumanEvalConfig = Field(default_factory=HumanEvalConfig)
+    judge: JudgeConfig | None = Field(None, description="Optional LLM judge: adds an LLM-judge accuracy to "
+                                      "every model's metrics (the domain-accuracy rule above stays as set).")
 
     def model_list(self, base: str, finetuned: str) -> list[EvalModel]:
         """The configured models as EvalModel entries (the default pair when none are listed)."""

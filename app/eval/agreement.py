@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from app.eval.human import CRITERIA, PREFERENCES, SCALE
-from app.eval.report import METRICS, col
+from app.eval.report import col, table_metrics
 from app.eval.stats import bootstrap_ci
 
 
@@ -116,15 +116,15 @@ def metric_correlations(ratings: pd.DataFrame, examples: pd.DataFrame) -> dict[s
 
     single = ratings[ratings["kind"] == "single"]
     per_answer = single.groupby(["example_id", "model_a"])[list(CRITERIA)].mean().reset_index()
-    auto = []
+    metrics, auto = table_metrics(examples), []
     for r in per_answer.itertuples(index=False):
         row = examples[examples["example_id"] == r.example_id]
-        auto.append({k: float(row[col(r.model_a, k)].iloc[0]) if len(row) else np.nan for k in METRICS})
+        auto.append({k: float(row[col(r.model_a, k)].iloc[0]) if len(row) else np.nan for k in metrics})
     joined = pd.concat([per_answer.reset_index(drop=True), pd.DataFrame(auto)], axis=1).dropna()
     out: dict[str, Any] = {"answers": int(len(joined))}
     for c in CRITERIA:
         out[c] = {}
-        for k in METRICS:
+        for k in metrics:
             if len(joined) < 3 or joined[c].nunique() < 2 or joined[k].nunique() < 2:
                 out[c][k] = None
                 continue

@@ -54,8 +54,10 @@ def check_endpoint(m: EvalModel, base: str, key: str | None) -> None:
 
 
 def answer_all(frame: pd.DataFrame, messages: list[str], m: EvalModel, cfg: ExperimentConfig,
-               progress: Callable[[str], None]) -> tuple[list[str], list[str], dict[str, Any]]:
-    """(answers, errors, facts) of one model for every example, in the frame's order."""
+               progress: Callable[[str], None], max_tokens: int | None = None,
+               ) -> tuple[list[str], list[str], dict[str, Any]]:
+    """(answers, errors, facts) of one model for every example, in the frame's order (at most
+    ``max_tokens`` new tokens each; default evaluation.max_new_tokens)."""
     import ray
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
@@ -69,7 +71,7 @@ def answer_all(frame: pd.DataFrame, messages: list[str], m: EvalModel, cfg: Expe
         concurrency=e.concurrency, max_retries=cfg.data.generation.max_retries,
         base_retry_wait_time_in_s=cfg.data.generation.retry_wait_s, session_factory=_session_factory(e.timeout_s),
         http_request_stage={"num_cpus": 0.1})  # I/O bound: the engines need the cores
-    model_id, max_tokens = m.model_id, e.max_new_tokens
+    model_id, max_tokens = m.model_id, max_tokens or e.max_new_tokens
 
     def pre(row: dict[str, Any]) -> dict[str, Any]:
         return {"payload": {"model": model_id, "messages": json.loads(row["messages"]), "temperature": 0.0,

@@ -9,7 +9,8 @@ the work is balanced and every pair of annotators shares items.
 
 Everything is kept in a SQLAlchemy database (SQLite by default); ratings can be changed by their
 author and nothing is deleted. Annotators log in with their name and a token printed once when the
-study is created (only its hash is stored).
+study is created (only its hash is stored); their sessions are kept in the database too (hashed),
+so a restarted server does not log anybody out.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import hmac
 import json
 import random
 import secrets
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 CRITERIA = ("correctness", "groundedness", "helpfulness")
 PREFERENCES = ("A", "B", "tie")
 SCALE = (1, 5)
+SESSION_DAYS = 14  # a login lasts this long (or until logout)
 
 
 class HumanEvalError(ValueError):
@@ -101,6 +103,13 @@ class Rating(Base):
     note: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class LoginSession(Base):
+    __tablename__ = "he_sessions"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the session id
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("he_annotators.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 def _hash(token: str) -> str:
@@ -211,6 +220,30 @@ class HumanEvalStore:
             if a is None or not hmac.compare_digest(a.token_hash, _hash(token or "")):
                 raise HumanEvalError("unknown study, annotator or token")
             return a.id
+
+    def open_session(self, annotator_id: int) -> str:
+        """A new session id for a logged-in annotator (only its hash is stored)."""
+        sid = secrets.token_urlsafe(24)
+        with self._session() as s, s.begin():
+            s.add(LoginSession(id_hash=_hash(sid), annotator_id=annotator_id))
+        return sid
+
+    def session_annotator(self, sid: str) -> int | None:
+        """The annotator of a session id, or None when it is unknown or older than SESSION_DAYS."""
+        if not sid:
+            return None
+        with self._session() as s:
+            row = s.get(LoginSession, _hash(sid))
+            if row is None:
+                return None
+            created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)
+            return row.annotator_id if _now() - created < timedelta(days=SESSION_DAYS) else None
+
+    def close_session(self, sid: str) -> None:
+        with self._session() as s, s.begin():
+            row = s.get(LoginSession, _hash(sid or ""))
+            if row is not None:
+                s.delete(row)
 
     def annotator(self, annotator_id: int) -> dict[str, Any]:
         with self._session() as s:

@@ -18,7 +18,6 @@ side and asks which is better. Model names are never sent; everything shown is H
 
 from __future__ import annotations
 
-import secrets
 from html import escape
 from typing import Any
 from urllib.parse import parse_qs
@@ -26,7 +25,7 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
-from app.eval.human import CRITERIA, PREFERENCES, SCALE, HumanEvalError, HumanEvalStore
+from app.eval.human import CRITERIA, PREFERENCES, SCALE, SESSION_DAYS, HumanEvalError, HumanEvalStore
 
 COOKIE = "he_session"
 HINTS = {
@@ -42,22 +41,18 @@ class Unauthorized(Exception):
 
 def create_app(store: HumanEvalStore) -> FastAPI:
     app = FastAPI(title="Human evaluation", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
-    sessions: dict[str, int] = {}  # session id -> annotator id (a restart asks people to log in again)
-
     def who(request: Request) -> int:
         sid = request.cookies.get(COOKIE) or ""
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             sid = auth[7:].strip()
-        if sid not in sessions:
+        annotator = store.session_annotator(sid)
+        if annotator is None:
             raise Unauthorized()
-        return sessions[sid]
+        return annotator
 
     def login(study: str, name: str, token: str) -> str:
-        annotator = store.login(study.strip(), name.strip(), token.strip())
-        sid = secrets.token_urlsafe(24)
-        sessions[sid] = annotator
-        return sid
+        return store.open_session(store.login(study.strip(), name.strip(), token.strip()))
 
     async def form(request: Request) -> dict[str, str]:
         body = (await request.body()).decode("utf-8", errors="replace")
@@ -117,12 +112,12 @@ def create_app(store: HumanEvalStore) -> FastAPI:
         except HumanEvalError as exc:
             return HTMLResponse(_login_html(str(exc)), status_code=401)
         resp = RedirectResponse("/", status_code=303)
-        resp.set_cookie(COOKIE, sid, httponly=True, samesite="strict")
+        resp.set_cookie(COOKIE, sid, httponly=True, samesite="strict", max_age=SESSION_DAYS * 86400)
         return resp
 
     @app.get("/logout")
     def logout(request: Request) -> Any:
-        sessions.pop(request.cookies.get(COOKIE) or "", None)
+        store.close_session(request.cookies.get(COOKIE) or "")
         resp = RedirectResponse("/login", status_code=303)
         resp.delete_cookie(COOKIE)
         return resp

@@ -1,7 +1,8 @@
 """Aggregates of an evaluation and its report (Markdown and HTML with plots).
 
 The per-example table has one row per test example and, per model ``m``, the columns ``m__answer``,
-``m__error`` and ``m__<metric>`` for every metric in :data:`METRICS`. From it:
+``m__error`` and ``m__<metric>`` for every metric in :data:`METRICS` (with an LLM judge also
+``m__judge_correct`` and ``m__judge_reply``). From it:
 * every model's mean of every metric with a bootstrap confidence interval;
 * every model against the first (the reference) on the same examples: mean difference, its
   interval, paired bootstrap and sign-flip permutation p-values, Holm-adjusted across metrics;
@@ -23,29 +24,40 @@ from app.eval.stats import bootstrap_ci, holm, paired_comparison
 METRICS = ["domain_correct", "exact_match", "token_f1", "semantic_similarity", "bleu", "rouge1", "rouge2", "rougeL"]
 LABELS = {"domain_correct": "domain accuracy", "exact_match": "exact match", "token_f1": "token F1",
           "semantic_similarity": "semantic similarity", "bleu": "BLEU (sentence)", "rouge1": "ROUGE-1",
-          "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
+          "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "judge_correct": "LLM-judge accuracy"}
+OPTIONAL_METRICS = ["judge_correct"]  # present when evaluation.judge is set
 
 
 def col(model: str, metric: str) -> str:
     return f"{model}__{metric}"
 
 
+def table_metrics(table: pd.DataFrame) -> list[str]:
+    """The metrics a per-example table holds: every one of METRICS, and the optional ones it has."""
+    return METRICS + [k for k in OPTIONAL_METRICS if any(c.endswith(f"__{k}") for c in table.columns)]
+
+
+def metrics_of(summary: dict[str, Any]) -> list[str]:
+    return summary.get("metrics", METRICS)
+
+
 def summarize(table: pd.DataFrame, models: list[str], samples: int, confidence: float, seed: int,
               corpus_bleu: dict[str, float] | None = None) -> dict[str, Any]:
     """Means with intervals, paired comparisons against models[0], and per-topic/origin breakdowns."""
-    means = {m: {k: bootstrap_ci(table[col(m, k)], samples, confidence, seed).as_dict() for k in METRICS}
+    metrics = table_metrics(table)
+    means = {m: {k: bootstrap_ci(table[col(m, k)], samples, confidence, seed).as_dict() for k in metrics}
              for m in models}
     comparisons = {}
     ref = models[0]
     for m in models[1:]:
         per = {k: paired_comparison(table[col(ref, k)], table[col(m, k)], samples, confidence, seed).as_dict()
-               for k in METRICS}
-        adjusted = holm([per[k]["p_permutation"] for k in METRICS])
-        for k, p in zip(METRICS, adjusted):
+               for k in metrics}
+        adjusted = holm([per[k]["p_permutation"] for k in metrics])
+        for k, p in zip(metrics, adjusted):
             per[k]["p_holm"] = p
         comparisons[m] = per
     breakdown = {by: _breakdown(table, models, by, samples, confidence, seed) for by in ("topic", "origin")}
-    return {"examples": int(len(table)), "models": models, "reference": ref, "confidence": confidence,
+    return {"examples": int(len(table)), "models": models, "metrics": metrics, "reference": ref, "confidence": confidence,
             "bootstrap_samples": samples, "means": means, "corpus_bleu": corpus_bleu or {},
             "comparisons": comparisons, "breakdown": breakdown,
             "request_errors": {m: int((table[col(m, "error")] != "").sum()) for m in models}}
@@ -82,13 +94,13 @@ def _p(p: float) -> str:
 
 def tables(summary: dict[str, Any]) -> dict[str, pd.DataFrame]:
     """The report's tables as frames (also logged to MLflow and printed by `app eval compare`)."""
-    models, ref = summary["models"], summary["reference"]
-    means = pd.DataFrame([{"metric": LABELS[k], **{m: _ci(summary["means"][m][k]) for m in models}} for k in METRICS])
+    models, ref, metrics = summary["models"], summary["reference"], metrics_of(summary)
+    means = pd.DataFrame([{"metric": LABELS[k], **{m: _ci(summary["means"][m][k]) for m in models}} for k in metrics])
     if summary.get("corpus_bleu"):
         means.loc[len(means)] = {"metric": "BLEU (corpus)", **{m: f"{summary['corpus_bleu'][m]:.3f}" for m in models}}
     comp_rows = []
     for m, per in summary["comparisons"].items():
-        for k in METRICS:
+        for k in metrics:
             c = per[k]
             comp_rows.append({"model": m, "metric": LABELS[k], f"{ref}": f"{c['mean_a']:.3f}", "model mean": f"{c['mean_b']:.3f}",
                               "difference [CI]": f"{c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]",
@@ -126,8 +138,8 @@ def human_tables(human: dict[str, Any], models: list[str]) -> dict[str, pd.DataF
                                                         for x in a["cohen_kappa"]) or "-",
                       "mean Cohen kappa": _num(float(np.mean(kappas)) if kappas else None)})
     corr = human["correlations"]
-    corr_rows = [{"criterion": c, **{LABELS[k]: ("n/a" if corr[c][k] is None else f"{corr[c][k]['rho']:+.2f}")
-                                     for k in METRICS}} for c in CRITERIA if c in corr]
+    corr_rows = [{"criterion": c, **{LABELS[k]: ("n/a" if v is None else f"{v['rho']:+.2f}")
+                                     for k, v in corr[c].items()}} for c in CRITERIA if c in corr]
     return {"human_scores": scores, "human_preferences": prefs, "human_agreement": pd.DataFrame(agree),
             "human_vs_metrics": pd.DataFrame(corr_rows)}
 
@@ -146,16 +158,16 @@ def plot_means(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = summary["models"]
-    x = np.arange(len(METRICS))
+    models, metrics = summary["models"], metrics_of(summary)
+    x = np.arange(len(metrics))
     width = 0.8 / len(models)
     fig, ax = plt.subplots(figsize=(10, 4))
     for i, m in enumerate(models):
-        vals = [summary["means"][m][k] for k in METRICS]
+        vals = [summary["means"][m][k] for k in metrics]
         mean = np.array([v["mean"] for v in vals])
         err = np.array([[v["mean"] - v["low"] for v in vals], [v["high"] - v["mean"] for v in vals]])
         ax.bar(x + i * width - 0.4 + width / 2, mean, width, yerr=err, capsize=3, label=m)
-    ax.set_xticks(x, [LABELS[k] for k in METRICS], rotation=20, fontsize=8)
+    ax.set_xticks(x, [LABELS[k] for k in metrics], rotation=20, fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_title(f"Means with {summary['confidence']:.0%} bootstrap intervals ({summary['examples']} examples)")
     ax.legend(fontsize=8)
@@ -209,6 +221,7 @@ def write_report(out: Path, summary: dict[str, Any], table: pd.DataFrame, facts:
            f"top {facts['retrieval']['top_k']})" if facts.get("retrieval", {}).get("retrieved") else ""),
         f"Decoding: greedy (temperature 0), at most {facts['max_new_tokens']} new tokens, the training prompt format.",
         f"Domain accuracy: {facts['domain_definition']}.",
+        *([f"LLM-judge accuracy: {facts['judge']['definition']}"] if facts.get("judge") else []),
         f"Intervals: {summary['confidence']:.0%} percentile bootstrap over examples ({summary['bootstrap_samples']} "
         f"resamples); comparisons are paired (same examples) against **{summary['reference']}**, p-values two-sided, "
         "Holm-adjusted across the metrics of a pair.",

@@ -20,7 +20,7 @@ import pandas as pd
 
 from app.config import EvalModel, ExperimentConfig
 from app.eval.answer import EvalError, answer_all, prompts
-from app.eval.report import METRICS, col, relative_improvement, summarize, write_report
+from app.eval.report import METRICS, col, metrics_of, relative_improvement, summarize, write_report
 from app.eval.testset import dataset_split, fill_contexts, read_jsonl, sample
 
 
@@ -33,6 +33,15 @@ def domain_definition(cfg: ExperimentConfig) -> str:
     f1, sim = f"token F1 >= {e.f1_threshold}", f"semantic similarity (all-MiniLM-L6-v2 cosine) >= {e.similarity_threshold}"
     return {"f1_or_similarity": f"correct when {f1} or {sim}", "f1_and_similarity": f"correct when {f1} and {sim}",
             "f1": f"correct when {f1}", "similarity": f"correct when {sim}"}[e.domain_rule]
+
+
+def judge_definition(cfg: ExperimentConfig) -> str:
+    j = cfg.evaluation.judge
+    assert j is not None
+    where = j.model.url or "the project's Serve app"
+    return (f"correct when the judge {j.model.model_id} ({where}, greedy, at most {j.max_new_tokens} tokens) replies "
+            "correct/yes to the configured prompt comparing the answer with the reference; no verdict, a failed "
+            "request or an empty answer count as incorrect.")
 
 
 def score(frame: pd.DataFrame, answers: list[str], cfg: ExperimentConfig) -> pd.DataFrame:
@@ -66,7 +75,7 @@ def served_models(cfg: ExperimentConfig, models: list[EvalModel], progress: Call
     from app.serving.manager import ensure_served
     from app.stages import model_store
 
-    names = [m.model_id for m in models if not m.url]
+    names = list(dict.fromkeys(m.model_id for m in models if not m.url))
     if not names:
         cluster.connect(cfg.ray)
         return False
@@ -104,13 +113,14 @@ def evaluate(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
     with start_run(cfg, "evaluate", config_path, run_name=run_name, tags=tags) as run:
         # Connected by now (to the Serve cluster when store models are evaluated), without the
         # cluster's log forwarding: the replicas' access logs would drown the progress lines.
-        deployed = served_models(cfg, models, progress)
+        judge = [e.judge.model] if e.judge else []
+        deployed = served_models(cfg, models + judge, progress)
         frame, retrieval = fill_contexts(frame, cfg, base.path / "tokenizer.json", progress)
         tokenizer = AutoTokenizer.from_pretrained(base.path)
         messages = prompts(frame, cfg, tokenizer)
         progress(f"answering {len(frame)} questions with {', '.join(m.name for m in models)}")
         table = frame.copy()
-        facts_models, bleu = {}, {}
+        facts_models, bleu, judged = {}, {}, {}
         try:
             for m in models:
                 answers, errors, facts_models[m.name] = answer_all(frame, messages, m, cfg, progress)
@@ -119,6 +129,11 @@ def evaluate(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
                 for k in METRICS:
                     table[col(m.name, k)] = scores[k].to_numpy()
                 bleu[m.name] = corpus_bleu(answers, frame["reference"].tolist())
+                if e.judge:
+                    from app.eval.judge import judge_answers
+
+                    verdicts, replies, judged[m.name] = judge_answers(frame, answers, m.name, cfg, progress)
+                    table[col(m.name, "judge_correct")], table[col(m.name, "judge_reply")] = verdicts, replies
         finally:
             if deployed:
                 from app.serving.manager import remove_app
@@ -129,6 +144,7 @@ def evaluate(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
         summary = summarize(table, names, e.bootstrap_samples, e.confidence, cfg.seed, bleu)
         facts = {"run_name": run_name, "test_set": test_name, "retrieval": retrieval, "max_new_tokens": e.max_new_tokens,
                  "domain_definition": domain_definition(cfg), "models": facts_models,
+                 **({"judge": {"definition": judge_definition(cfg), "per_model": judged}} if e.judge else {}),
                  "mlflow_run_id": run.info.run_id}
         summary["facts"] = facts
         out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +157,7 @@ def evaluate(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
         mlflow.log_params({"eval.models": ",".join(names), "eval.examples": len(table),
                            "eval.test_set": test_name[:250]})
         for m in names:
-            for k in METRICS:
+            for k in metrics_of(summary):
                 v = summary["means"][m][k]
                 mlflow.log_metrics({f"{m}.{k}": v["mean"], f"{m}.{k}_low": v["low"], f"{m}.{k}_high": v["high"]})
             mlflow.log_metric(f"{m}.bleu_corpus", bleu[m])
@@ -161,6 +177,7 @@ def evaluate(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
     result = {"run_id": run.info.run_id, "run_name": run_name, "output": str(out), "examples": len(table),
               "models": names, "domain_accuracy": {m: summary["means"][m]["domain_correct"] for m in names},
               "relative_improvement": improvements,
+              **({"judge_accuracy": {m: summary["means"][m]["judge_correct"] for m in names}} if e.judge else {}),
               "p_values": {m: summary["comparisons"][m]["domain_correct"]["p_permutation"] for m in names[1:]},
               "report": str(files["html"])}
     return result

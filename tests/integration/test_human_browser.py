@@ -125,3 +125,18 @@ def test_two_annotators_rate_blind_and_agreement_matches_hand_computation(study,
     expected = (total * total - sum(v * v for v in marg.values())) / (total - 1)
     alpha = 1 - (disagree / total) / (expected / total) if expected else None
     assert out["preference"]["krippendorff_alpha"] == pytest.approx(alpha)
+
+
+def test_a_login_survives_a_server_restart(study):
+    store, made, base = study
+    sid = httpx.post(base + "/api/login", json={"study": "pilot", "name": "bob", "token": made["tokens"]["bob"]}).json()["session"]
+    auth = {"Authorization": f"Bearer {sid}"}
+    before = httpx.get(base + "/api/next", headers=auth).json()
+    restarted = HumanEvalStore(store.url)
+    try:
+        with web_server(__import__("app.eval.human_web", fromlist=["create_app"]).create_app(restarted)) as again:
+            assert httpx.get(again + "/api/next", headers=auth).json() == before
+            assert httpx.get(again + "/logout", cookies={"he_session": sid}, follow_redirects=False).status_code == 303
+            assert httpx.get(again + "/api/next", headers=auth).status_code == 401
+    finally:
+        restarted.close()

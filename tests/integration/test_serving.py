@@ -240,14 +240,24 @@ def test_eval_run_on_a_users_questions_with_retrieved_context(served, qa_docs, h
         {"question": "Which function pushes an item onto a heap?", "answer": "heapq.heappush(heap, item).", "topic": "heapq"},
         {"question": "How long are invoices stored?", "answer": "Seven years.", "context": "Invoices are kept seven years."},
     ]) + "\n")
-    eval_run(served, "--set", f"evaluation.test_set={questions}", "--set", f"evaluation.retrieval.corpus_dir={qa_docs}",
-             "--set", "evaluation.run_name=it-eval-jsonl")
+    # The served base model also judges the answers (too small to judge well: this checks the path).
+    result = eval_run(served, "--set", f"evaluation.test_set={questions}", "--set", f"evaluation.retrieval.corpus_dir={qa_docs}",
+                      "--set", "evaluation.run_name=it-eval-jsonl",
+                      "--set", f"evaluation.judge.model={{name: judge, model: {served['models'][0]}}}")
     table = pd.read_parquet(home / "eval" / "it-eval-jsonl" / "examples.parquet").set_index("question")
+    summary = json.loads((home / "eval" / "it-eval-jsonl" / "summary.json").read_text())
+    base, second = served["models"]
+    assert table[f"{base}__judge_reply"].str.len().gt(0).all() and set(table[f"{base}__judge_correct"]) <= {0.0, 1.0}
+    assert (table[f"{base}__judge_reply"] == table[f"{second}__judge_reply"]).all()  # same answers, greedy judge
+    assert summary["facts"]["judge"]["per_model"][base]["asked"] == 3
+    assert summary["comparisons"][second]["judge_correct"]["difference"] == 0
+    assert result["judge_accuracy"][base]["mean"] == summary["means"][base]["judge_correct"]["mean"]
     assert table["context_source"].tolist().count("retrieved:bm25") == 2
     assert "json.dumps" in table.loc["What does json.dumps return?", "context"]
     assert "heappush" in table.loc["Which function pushes an item onto a heap?", "context"]
     assert table.loc["How long are invoices stored?", "context"] == "Invoices are kept seven years."
-    assert "with context retrieved by bm25" in (home / "eval" / "it-eval-jsonl" / "report.md").read_text()
+    report = (home / "eval" / "it-eval-jsonl" / "report.md").read_text()
+    assert "with context retrieved by bm25" in report and "| LLM-judge accuracy |" in report
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "no answer here?"}\n')

@@ -125,3 +125,31 @@ def test_model_scores_and_correlations():
     # Human (mean correctness) 3, 5, 1, 4 and metric 0.4, 0.9, 0.2, 0.3: rank differences 1, 0, 0, 1,
     # rho = 1 - 6 * 2 / (4 * 15) = 0.8.
     assert corr["answers"] == 4 and corr["correctness"]["token_f1"]["rho"] == pytest.approx(0.8)
+
+
+def test_sessions_are_stored_hashed_survive_reopening_and_expire(tmp_path):
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app.eval.human import SESSION_DAYS, LoginSession, _now
+
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    store = HumanEvalStore(url)
+    made = store.create_study("s1", eval_run(tmp_path / "run"), ["ann", "bob"], per_item=2, examples=2, seed=0)
+    ann = store.login("s1", "ann", made["tokens"]["ann"])
+    sid, other = store.open_session(ann), store.open_session(ann)
+    assert sid != other and store.session_annotator(sid) == ann
+    assert store.session_annotator("") is None and store.session_annotator("forged") is None
+    store.close()
+
+    store = HumanEvalStore(url)  # a restarted server
+    assert store.session_annotator(sid) == ann
+    with store._session() as s:
+        assert sid not in {r.id_hash for r in s.query(LoginSession)}  # only hashes are stored
+    store.close_session(sid)
+    assert store.session_annotator(sid) is None and store.session_annotator(other) == ann
+    with store._session() as s, s.begin():
+        s.execute(update(LoginSession).values(created_at=_now() - timedelta(days=SESSION_DAYS, seconds=1)))
+    assert store.session_annotator(other) is None
+    store.close()
