@@ -179,14 +179,14 @@ def endpoint(cfg: ExperimentConfig) -> tuple[str, str | None]:
     import httpx
 
     g = cfg.data.generation
-    from app.serving.manager import base_url, external_endpoint
+    from app.serving.manager import base_url, bearer, external_endpoint
 
     if g.backend == "http":
         base, key = external_endpoint(g.url, g.api_key_env, "data.generation", DatasetError)
     else:
         base, key = base_url(cfg.serving) + "/v1", cfg.serving.api_key
     try:  # liveness only: which models it lists is not checked here
-        httpx.get(base + "/models", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=10).raise_for_status()
+        httpx.get(base + "/models", headers=bearer(key), timeout=10).raise_for_status()
     except httpx.HTTPError as exc:
         raise DatasetError(f"generation endpoint {base} does not answer /models ({exc}); for the project's own "
                            "endpoint run `app serve up`, or set data.generation.enabled=false") from None

@@ -258,9 +258,10 @@ def response_text(response: Any) -> tuple[str, str]:
 def http_processor(g: GenerationConfig, base_url: str, model: str, style: str, api_key: str | None) -> Any:
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    from app.serving.manager import bearer
+
     config = HttpRequestProcessorConfig(
-        url=base_url.rstrip("/") + "/chat/completions", headers=headers, batch_size=g.batch_size,
+        url=base_url.rstrip("/") + "/chat/completions", headers=bearer(api_key), batch_size=g.batch_size,
         concurrency=g.concurrency, qps=g.qps, max_retries=g.max_retries,
         base_retry_wait_time_in_s=g.retry_wait_s, session_factory=_session_factory(g.timeout_s),
         http_request_stage={"num_cpus": 0.1},  # I/O bound: the engine needs the cores

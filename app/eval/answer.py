@@ -62,12 +62,13 @@ def answer_all(frame: pd.DataFrame, messages: list[str], m: EvalModel, cfg: Expe
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
     from app.data.generate import _session_factory, response_text
+    from app.serving.manager import bearer
 
     e = cfg.evaluation
     base, key = endpoint_of(m, cfg)
     check_endpoint(m, base, key)
     config = HttpRequestProcessorConfig(
-        url=base + "/chat/completions", headers={"Authorization": f"Bearer {key}"} if key else {}, batch_size=1,
+        url=base + "/chat/completions", headers=bearer(key), batch_size=1,
         concurrency=e.concurrency, max_retries=cfg.data.generation.max_retries,
         base_retry_wait_time_in_s=cfg.data.generation.retry_wait_s, session_factory=_session_factory(e.timeout_s),
         http_request_stage={"num_cpus": 0.1})  # I/O bound: the engines need the cores

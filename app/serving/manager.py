@@ -52,10 +52,15 @@ def external_endpoint(url: str, api_key_env: str | None, what: str,
     return (base if base.endswith("/v1") else base + "/v1"), key
 
 
+def bearer(key: str | None) -> dict[str, str]:
+    """The Authorization header of an OpenAI-compatible API key (none without a key)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def listed_models(base_v1: str, key: str | None, timeout: float = 10) -> set[str]:
     """Model ids an OpenAI-compatible endpoint lists at /models (raises httpx.HTTPError, ValueError,
     KeyError or TypeError when it does not answer properly)."""
-    r = httpx.get(base_v1 + "/models", headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=timeout)
+    r = httpx.get(base_v1 + "/models", headers=bearer(key), timeout=timeout)
     r.raise_for_status()
     return {m["id"] for m in r.json().get("data", [])}
 
@@ -92,7 +97,7 @@ def ensure_served(cfg: ExperimentConfig, model_ids: list[str], purpose: str,
 
 
 def headers(s: ServingConfig) -> dict[str, str]:
-    return {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
+    return bearer(s.api_key)
 
 
 def cluster_address(cfg: ExperimentConfig, progress: Callable[[str], None] = print) -> str:
