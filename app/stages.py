@@ -6,14 +6,12 @@ record), opens one MLflow run, and returns a summary dict.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from app.config import ExperimentConfig
-from app.model_store import ModelStore, StoredModel, check_target_modules
+from app.model_store import ModelStore, StoredModel, check_target_modules, model_fingerprint  # noqa: F401 (re-exported)
 
 # Greedy answers a working instruct checkpoint of any size gets right: a conversion that
 # scrambled weights or lost the chat template fails them.
@@ -27,11 +25,6 @@ PROBES: list[tuple[str, str]] = [
 
 def model_store(cfg: ExperimentConfig) -> ModelStore:
     return ModelStore(cfg.paths.resolved_home() / "models")
-
-
-def model_fingerprint(stored: StoredModel) -> str:
-    """Content hash of a stored model, from its manifest's per-file digests (no re-reading)."""
-    return hashlib.sha256(json.dumps(stored.manifest.get("files", {}), sort_keys=True).encode()).hexdigest()
 
 
 def probe_passed(answer: str, expected: str) -> bool:

@@ -130,6 +130,7 @@ def generate_pairs(cfg: ExperimentConfig, chunks: pd.DataFrame, model_path: Path
     import ray
 
     from app.data.generate import http_processor, pairs_from_output, vllm_processor
+    from app.serving.builder import engine_args
 
     g = cfg.data.generation
     picked = sample_chunks(chunks, g.max_chunks, cfg.seed, cfg.data.min_chunk_tokens)
@@ -144,8 +145,10 @@ def generate_pairs(cfg: ExperimentConfig, chunks: pd.DataFrame, model_path: Path
     ds = ray.data.from_pandas([frame.iloc[i::n_blocks] for i in range(n_blocks)])
     model = g.model or cfg.model.name
     if g.backend == "vllm":
-        processor = vllm_processor(g, str(model_path), g.prompt_style, cfg.serving.dtype,
-                                   cfg.serving.max_model_len or cfg.model.max_seq_len, cfg.training.use_gpu)
+        # The serving section's engine arguments: the same dtype and eager/compiled path the endpoint
+        # serves, checked by its correctness gate.
+        processor = vllm_processor(g, str(model_path), g.prompt_style, engine_args(cfg.serving),
+                                   cfg.training.use_gpu)
         where = f"in-process vLLM ({model_path.name})"
     else:
         base, key = endpoint(cfg)

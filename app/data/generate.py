@@ -282,7 +282,7 @@ def http_processor(g: GenerationConfig, base_url: str, model: str, style: str, a
     return build_processor(config, preprocess=pre, postprocess=post)
 
 
-def vllm_processor(g: GenerationConfig, model_path: str, style: str, dtype: str, max_model_len: int,
+def vllm_processor(g: GenerationConfig, model_path: str, style: str, engine_kwargs: dict[str, Any],
                    use_gpu: bool) -> Any:
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
@@ -292,7 +292,7 @@ def vllm_processor(g: GenerationConfig, model_path: str, style: str, dtype: str,
         kwargs.update(chat_template_stage={"num_cpus": 0.1}, tokenize_stage=False, detokenize_stage=False)
     config = vLLMEngineProcessorConfig(
         model_source=model_path, batch_size=g.batch_size, concurrency=g.concurrency,
-        engine_kwargs={"dtype": dtype, "max_model_len": max_model_len}, should_continue_on_error=True, **kwargs)
+        engine_kwargs=engine_kwargs, should_continue_on_error=True, **kwargs)
     n, temperature, max_tokens = g.pairs_per_chunk, g.temperature, g.max_tokens
 
     stop = stop_strings(n, style)

@@ -59,7 +59,15 @@ def engine_args(s: ServingConfig) -> dict[str, Any]:
             engine[key] = getattr(s, key)
     if s.accelerator == "gpu":
         engine["gpu_memory_utilization"] = s.gpu_memory_utilization
-    return engine | s.engine_kwargs
+    if s.engine_mode == "eager":
+        engine["enforce_eager"] = True
+    if s.accelerator == "cpu" and s.cpu_kernels != "auto":
+        engine["compilation_config"] = {"custom_ops": ["none" if s.cpu_kernels == "torch" else "all"]}
+    extra = dict(s.engine_kwargs)
+    if isinstance(extra.get("compilation_config"), dict) and "compilation_config" in engine:
+        # The user's compilation settings win key by key; custom_ops stays unless they set it.
+        extra["compilation_config"] = engine["compilation_config"] | extra["compilation_config"]
+    return engine | extra
 
 
 def engine_env(s: ServingConfig, threads_bind: str | None = None) -> dict[str, str]:

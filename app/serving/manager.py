@@ -14,6 +14,9 @@ import httpx
 
 from app import cluster
 from app.config import ExperimentConfig, ServingConfig
+from app.model_store import ModelStore
+from app.serving import gate
+from app.serving.builder import engine_args
 
 # httpx logs every request at INFO; once Ray has set up structured logging in the driver, the
 # readiness polls of a deployment would fill a job's output with them.
@@ -212,8 +215,22 @@ def deploy(home: Path, s: ServingConfig, progress: Callable[[str], None] = print
     started = time.time()
     serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
     ready = wait_ready(s, s.ready_timeout_s, progress)
-    return {"url": base_url(s), "models": s.models, "ready_after_s": ready,
+    info = {"url": base_url(s), "models": s.models, "ready_after_s": ready,
             "deploy_seconds": round(time.time() - started, 1)}
+    if s.gate.enabled:
+        gate_started = time.time()
+        try:
+            results = gate.check_models(base_url(s), s.models, ModelStore(Path(home) / "models"), s.gate,
+                                        engine_args(s), headers(s), progress)
+        except gate.GateError as exc:
+            # A setting that garbles output must not stay up looking healthy.
+            progress("removing the application that failed the correctness gate")
+            remove_app()
+            raise ServeError(str(exc)) from None
+        info["gate"] = {m: {"agreeing": r.agreeing, "total": r.total, "mean_similarity": r.mean_similarity}
+                        for m, r in results.items()}
+        info["gate_seconds"] = round(time.time() - gate_started, 1)
+    return info
 
 
 def remove_app() -> None:

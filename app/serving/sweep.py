@@ -145,7 +145,7 @@ def run_trial(name: str, serving: ServingConfig, cfg: ExperimentConfig,
     progress(f"trial {name}")
     try:
         info = deploy(cfg.paths.resolved_home(), serving, progress, replace=True)
-    except ServeError as exc:  # a setting that cannot start is a result, not the end of the sweep
+    except ServeError as exc:  # a setting that cannot start or garbles is a result, not the end of the sweep
         result.error = str(exc)[:2000]
         progress(f"  could not deploy: {result.error[:300]}")
         return result
@@ -153,6 +153,13 @@ def run_trial(name: str, serving: ServingConfig, cfg: ExperimentConfig,
     result.points = measure(base_url(serving), serving.models[0], cfg.serve_sweep, headers(serving), cfg.seed,
                             progress)
     return result
+
+
+def trial_status(t: TrialResult) -> str:
+    """measured, or why not: a setting that garbles output failed, it was never fast."""
+    if t.points:
+        return "measured"
+    return "failed the correctness gate" if "correctness gate failed" in t.error else "failed to deploy"
 
 
 def tuned_serving(cfg: ExperimentConfig, winner: TrialResult) -> ServingConfig:
@@ -229,7 +236,8 @@ def run_sweep(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_o
             t = combine_rounds(per_round[name], sw)
             results.append(t)
             with mlflow.start_run(run_name=f"trial-{name}"[:250], nested=True):
-                mlflow.set_tags({"stage": "serve_sweep.trial", "trial": name, "error": t.error[:500]})
+                mlflow.set_tags({"stage": "serve_sweep.trial", "trial": name, "status": trial_status(t),
+                                 "error": t.error[:500]})
                 mlflow.log_params({f"serving.{k}": json.dumps(v) for k, v in
                                    serving.model_dump(mode="json").items()})
                 for p in t.points:
@@ -261,7 +269,8 @@ def run_sweep(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_o
                         "max_throughput": round(max_objective(t, sw), 2),
                         "best_range": ([round(t.best[f"{sw.objective}_min"], 2), round(t.best[f"{sw.objective}_max"], 2)]
                                        if t.best and f"{sw.objective}_min" in t.best else None),
-                        "deploy_seconds": t.deploy_seconds, "error": t.error[:200]} for t in results],
+                        "deploy_seconds": t.deploy_seconds, "status": trial_status(t),
+                        "error": t.error[:200]} for t in results],
         }
         if winner is None:
             summary["winner"] = None
@@ -299,4 +308,4 @@ def run_sweep(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_o
         return summary
 
 
-__all__ = ["run_sweep", "pick_winner", "slo_violations", "score_point", "changed_fields"]
+__all__ = ["run_sweep", "pick_winner", "slo_violations", "score_point", "changed_fields", "trial_status"]

@@ -107,3 +107,14 @@ def test_rounds_average_per_level_and_keep_the_spread():
 def test_without_grid_only_the_named_trials_run():
     cfg = load_config(None, ["serve_sweep.include_current=false", "serve_sweep.trials=[{max_num_seqs: 8}]"])
     assert [n for n, _ in cfg.sweep_trials()] == ["vllm-defaults", "max_num_seqs=8"]
+
+
+def test_a_trial_that_failed_the_gate_is_reported_failed_never_fast():
+    from app.serving.sweep import trial_status
+
+    s = ServingConfig()
+    assert trial_status(TrialResult("a", s, error="correctness gate failed: m: 2/9 gate answers agree")) == \
+        "failed the correctness gate"
+    assert trial_status(TrialResult("b", s, error="models ['m'] not ready after 600 s")) == "failed to deploy"
+    bad = TrialResult("c", s, error="correctness gate failed: ...")
+    assert bad.score == 0 and bad.best is None and pick_winner([bad]) is None
