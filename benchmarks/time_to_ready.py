@@ -30,11 +30,14 @@ DEFAULT_PATHS = [
 
 
 def parse_path(text: str) -> tuple[str, dict]:
+    """'name=field:value,...' -> (name, {field: value}); values are YAML (null, 100, float32)."""
+    import yaml
+
     name, _, fields = text.partition("=")
     changes = {}
     for item in filter(None, fields.split(",")):
         key, _, value = item.partition(":")
-        changes[key.strip()] = value.strip()
+        changes[key.strip()] = yaml.safe_load(value.strip())
     return name.strip(), changes
 
 
@@ -71,7 +74,8 @@ def main() -> None:
                 print(f"  failed: {str(exc)[:300]}", flush=True)
                 continue
             total = time.time() - started
-            runs[name].append({"ready_s": max(info["ready_after_s"].values()), "gate_s": info.get("gate_seconds", 0),
+            # deploy_seconds: serve.run (which returns once replicas are up) until every model answered.
+            runs[name].append({"ready_s": info["deploy_seconds"], "gate_s": info.get("gate_seconds", 0),
                                "total_s": round(total, 1), "gate": info.get("gate")})
     if APP_NAME in serve.status().applications:
         remove_app()

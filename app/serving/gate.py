@@ -294,9 +294,9 @@ def failure_message(result: GateResult, setting: str) -> str:
     examples = "; ".join(f"{r['prompt'][:60]!r} -> {r['answer'][:80]!r} (reference {r['reference'][:80]!r}"
                          f"{near_tie(r)})" for r in result.worst(3))
     return (f"correctness gate failed: {result.summary()}. The engine setting ({setting}) garbles this "
-            f"model's output. Worst answers: {examples}. Serve it eagerly (serving.engine_kwargs.enforce_eager: "
-            "true) or in float32 (serving.dtype: float32), or lower serving.gate thresholds only if the model "
-            "legitimately differs from its checkpoint")
+            f"model's output. Worst answers: {examples}. Change serving.engine_kwargs, serving.engine_mode, "
+            "serving.cpu_kernels or serving.dtype (float32 is the reference's own precision); lower serving.gate "
+            "thresholds only for a model that legitimately differs from its checkpoint")
 
 
 def check_models(base_url: str, models: Sequence[str], store: ModelStore, cfg: Any, engine: dict[str, Any],

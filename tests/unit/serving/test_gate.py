@@ -55,7 +55,7 @@ def test_judge_passes_drifting_wording_and_refuses_garble():
     assert bad.worst(1)[0]["similarity"] == 0.0
     msg = gate.failure_message(bad, gate.setting_text({"dtype": "bfloat16", "max_model_len": 10}))
     assert "dtype='bfloat16'" in msg and "1/4 gate answers agree" in msg and "L'Étoile" in msg
-    assert "max_model_len" not in msg and "enforce_eager" in msg  # names the fix
+    assert "max_model_len" not in msg and "serving.engine_kwargs" in msg  # names where to fix it
     with pytest.raises(ValueError, match="3 answers for 4"):
         gate.judge("m", drift[:3], ref, T)
 
@@ -129,3 +129,40 @@ def test_gate_config_validates():
     with pytest.raises(ValueError):
         GateConfig(unknown=1)
     assert ModelConfig().name  # the store fixture's model
+
+
+def test_check_models_asks_one_at_a_time_and_all_at_once_and_names_the_setting(stored_model, home):
+    """The gate's HTTP side against a stand-in OpenAI endpoint (the real engine: tests/integration)."""
+    from fastapi import FastAPI
+
+    from app.model_store import model_fingerprint
+    from tests.conftest import web_server
+
+    store = ModelStore(home / "models")
+    prompts = list(gate.GATE_PROMPTS)
+    answers = [f"answer number {i} with words" for i in range(len(prompts))]
+    ref = {"version": gate.REFERENCE_VERSION, "fingerprint": model_fingerprint(stored_model), "prompts": prompts,
+           "max_new_tokens": 16, "answers": answers, "trusted": answers, "trusted_tokens": [8] * len(prompts),
+           "min_logit_margins": [1.0] * len(prompts)}
+    gate.reference_path(store, stored_model.name).write_text(json.dumps(ref))
+    calls, replies = [], dict(zip(prompts, answers))
+
+    api = FastAPI()
+
+    @api.post("/v1/chat/completions")
+    def chat(body: dict):
+        calls.append(body)
+        text = replies[body["messages"][0]["content"]]
+        return {"choices": [{"message": {"role": "assistant", "content": text}}]}
+
+    cfg = GateConfig(max_new_tokens=16)
+    with web_server(api) as url:
+        results = gate.check_models(url, [stored_model.name], store, cfg, {"dtype": "bfloat16"}, progress=print)
+        assert results[stored_model.name].passed and results[stored_model.name].agreeing == len(prompts)
+        assert len(calls) == 2 * len(prompts)
+        assert all(c["temperature"] == 0 and c["max_tokens"] == 16 for c in calls)
+        for p in prompts[:4]:
+            replies[p] = "The capital of France?"
+        with pytest.raises(gate.GateError, match=r"correctness gate failed: .*5/9 .*dtype='bfloat16'"):
+            gate.check_models(url, [stored_model.name], store, cfg, {"dtype": "bfloat16", "seed": 1},
+                              progress=lambda _: None)
