@@ -21,10 +21,11 @@ first MIN_TRUSTED_TOKENS tokens are reported but not counted. A model passes whe
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -98,9 +99,6 @@ class GateResult:
     def worst(self, n: int = 2) -> list[dict[str, Any]]:
         return sorted((r for r in self.rows if r.get("counted", True)), key=lambda r: r["similarity"])[:n]
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"needed": self.needed}
-
 
 def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
@@ -142,8 +140,6 @@ def similarity(answer: str, reference: str, prompt: str = "") -> float:
 
 
 def needed(total: int, t: Thresholds) -> int:
-    import math
-
     return max(1, math.ceil(t.min_agreeing * total - 1e-9))
 
 
@@ -241,11 +237,12 @@ def load_reference(store: ModelStore, stored: StoredModel, max_new_tokens: int,
              f"({len(GATE_PROMPTS)} prompts; once per model version)")
     started = time.time()
     rows = compute_reference(stored.path, GATE_PROMPTS, max_new_tokens)
-    import transformers
+    from importlib.metadata import version
 
     ref = want | {"answers": [r["answer"] for r in rows], "trusted": [r["trusted"] for r in rows],
                   "trusted_tokens": [r["trusted_tokens"] for r in rows],
-                  "min_logit_margins": [r["min_margin"] for r in rows], "engine": f"transformers {transformers.__version__} float32 greedy",
+                  "min_logit_margins": [r["min_margin"] for r in rows],
+                  "engine": f"transformers {version('transformers')} float32 greedy",
                   "seconds": round(time.time() - started, 1),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -54,7 +54,7 @@ GARBLING = "serving.engine_kwargs={hf_overrides: {rope_parameters: {rope_theta: 
 def test_a_garbling_setting_is_refused_by_the_gate(stored_model):
     """Runs before the module's deployment: the gate refuses the setting, names it, and removes the app."""
     port = PORT
-    # Eager: ready in ~40 s instead of ~2 min; the setting under test is the RoPE override.
+    # Eager: the setting under test is the RoPE override, and eager engines skip compilation.
     sets = ["--set", f"serving.port={port}", "--set", "serving.kv_cache_gib=1", "--set", "serving.engine_mode=eager",
             "--set", GARBLING]
     env = {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": ""}
@@ -79,12 +79,14 @@ def test_models_listed(served):
 
 def test_every_deployed_model_passed_the_correctness_gate(served, home):
     """`app serve up` compared each model's greedy answers with its float32 reference, kept in the store."""
-    from app.serving.gate import GATE_PROMPTS, reference_path
+    from app.serving.gate import GATE_PROMPTS, MIN_COUNTED, reference_path
 
     gate = served["info"]["gate"]
     assert set(gate) == set(served["models"])
     for model, g in gate.items():
-        assert g["total"] == len(GATE_PROMPTS) and g["agreeing"] >= 7 and g["mean_similarity"] > 0.6, gate
+        # Counted: the prompts whose float32 answer does not tie within its first tokens (7 of 9 here).
+        assert MIN_COUNTED <= g["total"] <= len(GATE_PROMPTS) and g["agreeing"] == g["total"], gate
+        assert g["mean_similarity"] > 0.9, gate
         ref = json.loads(reference_path(ModelStore(home / "models"), model).read_text())
         assert len(ref["answers"]) == len(GATE_PROMPTS) and ref["fingerprint"]
 
@@ -286,7 +288,9 @@ def test_eval_run_on_a_users_questions_with_retrieved_context(served, qa_docs, h
     summary = json.loads((home / "eval" / "it-eval-jsonl" / "summary.json").read_text())
     base, second = served["models"]
     assert table[f"{base}__judge_reply"].str.len().gt(0).all() and set(table[f"{base}__judge_correct"]) <= {0.0, 1.0}
-    assert (table[f"{base}__judge_reply"] == table[f"{second}__judge_reply"]).all()  # same answers, greedy judge
+    # Same answers, greedy judge: the same verdicts. Not always the same reply text: bf16 kernels are not
+    # batch-invariant, so a reply judged in another batch may word itself differently after a near tie.
+    assert (table[f"{base}__judge_correct"] == table[f"{second}__judge_correct"]).all()
     assert summary["facts"]["judge"]["per_model"][base]["asked"] == 3
     assert summary["comparisons"][second]["judge_correct"]["difference"] == 0
     assert result["judge_accuracy"][base]["mean"] == summary["means"][base]["judge_correct"]["mean"]
@@ -326,7 +330,9 @@ def test_sweep_measures_batching_and_writes_the_winner(served, mlflow_uri, home)
     status = {t["name"]: t for t in result["trials"]}
     bad = next(t for n, t in status.items() if n != "max_num_seqs=8")
     assert bad["status"] == "failed the correctness gate" and bad["max_throughput"] == 0, result["trials"]
+    assert "hf_overrides" in bad["error"] or "correctness gate failed" in bad["error"]
     assert status["max_num_seqs=8"]["status"] == "measured"
+    assert "gate ok" in proc.stdout + proc.stderr
     points = json.loads((Path(result["out_dir"]) / "points.json").read_text())
     by_c = {p["concurrency"]: p for p in points}
     assert all(p["failed"] == 0 and p["slo_met"] for p in points)
