@@ -291,22 +291,14 @@ def serve_check(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Run the correctness gate against the running endpoint (one started by `serve run` too)."""
     import httpx
 
-    from app.model_store import ModelStore
-    from app.serving import gate
-    from app.serving.builder import engine_args
-    from app.serving.manager import ServeError, base_url, headers
+    from app.serving.manager import ServeError, base_url, check_gate
 
     cfg = _load(config, set_)
-    s = cfg.serving
     try:
-        results = gate.check_models(base_url(s), s.models, ModelStore(cfg.paths.resolved_home() / "models"), s.gate,
-                                    engine_args(s), headers(s), progress=_say)
-    except gate.GateError as exc:
-        raise ServeError(str(exc)) from None
+        summary = check_gate(cfg.paths.resolved_home(), cfg.serving, progress=_say)
     except httpx.HTTPError as exc:
-        raise ServeError(f"no endpoint answers at {base_url(s)} ({exc}); start it with `app serve up`") from None
-    console.print_json(data={m: {"passed": r.passed, "agreeing": r.agreeing, "total": r.total,
-                                 "mean_similarity": r.mean_similarity} for m, r in results.items()})
+        raise ServeError(f"no endpoint answers at {base_url(cfg.serving)} ({exc}); start it with `app serve up`") from None
+    console.print_json(data=summary)
 
 
 @serve_app.command("sweep")

@@ -220,17 +220,25 @@ def deploy(home: Path, s: ServingConfig, progress: Callable[[str], None] = print
     if s.gate.enabled:
         gate_started = time.time()
         try:
-            results = gate.check_models(base_url(s), s.models, ModelStore(Path(home) / "models"), s.gate,
-                                        engine_args(s), headers(s), progress)
-        except gate.GateError as exc:
+            info["gate"] = check_gate(home, s, progress)
+        except ServeError:
             # A setting that garbles output must not stay up looking healthy.
             progress("removing the application that failed the correctness gate")
             remove_app()
-            raise ServeError(str(exc)) from None
-        info["gate"] = {m: {"agreeing": r.agreeing, "total": r.total, "mean_similarity": r.mean_similarity}
-                        for m, r in results.items()}
+            raise
         info["gate_seconds"] = round(time.time() - gate_started, 1)
     return info
+
+
+def check_gate(home: Path, s: ServingConfig, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Gate every model of ``s`` at its endpoint; a summary per model, or ServeError naming the setting."""
+    try:
+        results = gate.check_models(base_url(s), s.models, ModelStore(Path(home) / "models"), s.gate,
+                                    engine_args(s), headers(s), progress)
+    except gate.GateError as exc:
+        raise ServeError(str(exc)) from None
+    return {m: {"passed": r.passed, "agreeing": r.agreeing, "total": r.total, "mean_similarity": r.mean_similarity}
+            for m, r in results.items()}
 
 
 def remove_app() -> None:
