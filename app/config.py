@@ -115,9 +115,29 @@ class GenerationConfig(_Section):
         None, description="Name of the environment variable holding the endpoint's API key (never the key itself)."
     )
     model: str | None = Field(None, description="Model id at the endpoint; None: the configured base model.")
-    max_chunks: PositiveInt | None = Field(
-        200, description="Chunks sent to the LLM at most (a stratified sample across topics); None: all."
+    mode: Literal["answer_first", "pairs"] = Field(
+        "answer_first",
+        description="answer_first: answer sentences are picked from the chunk by rule and the model writes only the "
+        "question each one answers (what a small model can do; the answer is grounded by construction); pairs: "
+        "the model writes question and answer (prompt_style), for capable models.",
     )
+    guided: bool = Field(
+        True, description="Guided decoding: the reply is held to a question pattern anchored on the answer's subject, "
+        "condition or key term (answer_first, vLLM's structured_outputs regex) or a JSON schema (pairs with prompt_style json, response_format), so no output "
+        "is malformed. Turn off for endpoints that are not vLLM.")
+    answers_per_chunk: PositiveInt = Field(3, le=10, description="answer_first: answer sentences asked about per chunk.")
+    min_chunks: int = Field(
+        100, ge=0, description="Chunks asked about even when extracted pairs already reach the target, so every "
+        "dataset has model-written questions.")
+    max_chunks: PositiveInt | None = Field(
+        None, description="Chunks asked about at most (dealt round-robin across topics); None: as many as the target needs.")
+    target_margin: float = Field(
+        1.15, ge=1, le=3, description="Generation stops once the estimated accepted pairs reach target_pairs times "
+        "this (deduplication and the split rules take some).")
+    estimate_requests: PositiveInt = Field(
+        96, description="Requests answered before the yield is estimated and an unreachable target is reported.")
+    estimate_within_s: PositiveFloat = Field(
+        240.0, description="The first estimate comes after this many seconds of generation at the latest.")
     prompt_style: Literal["labelled", "json"] = Field(
         "labelled",
         description="labelled: 'Question: / Answer:' lines, which small models follow (evidence is then matched "
@@ -127,9 +147,9 @@ class GenerationConfig(_Section):
     temperature: NonNegativeFloat = Field(0.0, le=2.0)
     max_tokens: PositiveInt = Field(96, description="Output tokens per request.")
     batch_size: PositiveInt = Field(
-        1, description="Rows per ray.data.llm batch. Ray's HTTP stage sends a batch's requests one after the other, "
-        "so small batches keep more requests in flight.")
+        8, description="Rows per Ray Data batch; an HTTP actor sends a batch's requests at once (up to `inflight`).")
     concurrency: PositiveInt = Field(2, description="Parallel request actors (each sends one batch at a time).")
+    inflight: PositiveInt = Field(8, description="HTTP backends: requests in flight per actor.")
     max_retries: int = Field(3, ge=0, description="Retries on 408/429/5xx and connection errors.")
     retry_wait_s: PositiveFloat = Field(1.0, description="Base of the exponential backoff between retries.")
     qps: PositiveFloat | None = Field(None, description="Request rate limit per actor; None: unlimited.")
@@ -157,6 +177,12 @@ class QualityConfig(_Section):
     min_question_grounding: float = Field(
         0.5, ge=0, le=1, description="Share of the question's content words found in the source chunk."
     )
+    min_model_question_relevance: float = Field(
+        0.45, ge=-1, le=1, description="Model-written questions (llm, llm_question): cosine of the question with the "
+        "answer, stricter than min_relevance because a small model's question often drifts from its answer.")
+    question_points_at_answer: bool = Field(
+        True, description="Model-written questions: of all the sentences of the chunk, the answer's must be the one "
+        "closest to the question (a round-trip check: the question would find its own answer).")
     near_duplicate: float = Field(
         0.92, gt=0, le=1,
         description="Two pairs are near duplicates when their questions' cosine is at least this ...",
@@ -180,12 +206,17 @@ class DataConfig(_Section):
     topics_from: Literal["auto", "structure", "cluster"] = Field(
         "auto",
         description="Topic label per chunk. structure: the document's front-matter `topic`, else its "
-        "top-level folder; cluster: k-means over chunk embeddings; auto: structure when it gives at least "
-        "2 topics, else cluster.",
+        "top-level folder; cluster: k-means over chunk vectors (topic_vectors); auto: structure when it "
+        "gives at least 2 topics and covers 80% of the documents, else cluster.",
     )
     n_topics: PositiveInt = Field(8, description="Clusters when topics come from clustering.")
-    extract: list[Literal["faq", "heading_question", "definition"]] = Field(
-        default_factory=lambda: ["faq", "heading_question", "definition"],
+    topic_vectors: Literal["tfidf", "minilm"] = Field(
+        "tfidf", description="What chunks are clustered on: tfidf (TF-IDF reduced by LSA, seconds) or minilm "
+        "(all-MiniLM-L6-v2 embeddings, about 30 chunks/s on 2 cores).")
+    extract: list[Literal["faq", "heading_question", "definition", "section", "signature", "term", "example",
+                          "statement"]] = Field(
+        default_factory=lambda: ["faq", "heading_question", "definition", "section", "signature", "term", "example",
+                                 "statement"],
         description="Kinds of QA pairs taken directly from the documents.",
     )
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

@@ -8,6 +8,7 @@ MLflow as artifacts and dataset inputs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -24,7 +25,8 @@ from app.config import ExperimentConfig
 from app.data.schema import PAIR_KEYS, DatasetError
 from app.data.splits import SPLITS, LeakageError, assign_splits, check_leakage, leakage_message, near_duplicate_links
 
-SCORES = ("score_lexical_grounding", "score_semantic_grounding", "score_question_grounding", "score_relevance")
+SCORES = ("score_lexical_grounding", "score_semantic_grounding", "score_question_grounding", "score_relevance",
+          "score_answer_rank")
 OUTPUT_COLUMNS = (*PAIR_KEYS, *SCORES, "review_status", "reviewer")
 
 
@@ -76,24 +78,42 @@ def read_corpus(cfg: ExperimentConfig, root: Path, tokenizer_file: Path, progres
 
 
 def assign_topics(cfg: ExperimentConfig, docs: list[dict], chunks: pd.DataFrame, progress: Callable[[str], None]) -> str:
-    """Fill ``chunks.topic``; returns how ("structure" or "cluster")."""
+    """Fill ``chunks.topic``; returns how ("structure" or "cluster").
+
+    auto takes the documents' own structure when it gives at least two topics and covers at least
+    80% of the documents (a manual with a few sub-folders beside 200 top-level pages is not
+    structured by topic); else it clusters.
+    """
     d = cfg.data
     structure = {x["doc_id"]: x["topic"] for x in docs if not x["error"]}
     distinct = {t for t in structure.values() if t}
-    if d.topics_from == "structure" or (d.topics_from == "auto" and len(distinct) >= 2):
+    covered = sum(bool(t) for t in structure.values()) / max(len(structure), 1)
+    if d.topics_from == "structure" or (d.topics_from == "auto" and len(distinct) >= 2 and covered >= 0.8):
         chunks["topic"] = chunks["doc_id"].map(structure).replace("", "other")
         return "structure"
     from sklearn.cluster import KMeans
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from app.data.embed import embed
-
     k = min(d.n_topics, len(chunks))
-    progress(f"clustering {len(chunks)} chunks into {k} topics (all-MiniLM-L6-v2 + k-means)")
-    vectors = embed(chunks["text"].tolist())
-    labels = KMeans(n_clusters=k, n_init=10, random_state=cfg.seed).fit_predict(vectors)
-    tfidf = TfidfVectorizer(stop_words="english", max_features=20000, token_pattern=r"(?u)\b[a-zA-Z_]{3,}\b")
+    tfidf = TfidfVectorizer(stop_words="english", max_features=20000, token_pattern=r"(?u)\b[a-zA-Z_]{3,}\b",
+                            sublinear_tf=True)
     matrix = tfidf.fit_transform(chunks["text"])
+    if d.topic_vectors == "minilm":
+        from app.data.embed import embed
+
+        progress(f"clustering {len(chunks)} chunks into {k} topics (all-MiniLM-L6-v2 + k-means)")
+        vectors = embed(chunks["text"].tolist())
+    else:
+        # Latent semantic analysis: TF-IDF reduced to 100 dimensions and re-normalized. Seconds for
+        # thousands of chunks where MiniLM took 150 s for 4,172 on 2 cores (benchmarks/README.md).
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.preprocessing import normalize
+
+        progress(f"clustering {len(chunks)} chunks into {k} topics (TF-IDF + LSA + k-means)")
+        dims = max(1, min(100, matrix.shape[1] - 1, len(chunks) - 1))
+        vectors = normalize(TruncatedSVD(n_components=dims, random_state=cfg.seed).fit_transform(matrix)) \
+            if matrix.shape[1] > 1 and len(chunks) > 2 else matrix.toarray()
+    labels = KMeans(n_clusters=k, n_init=10, random_state=cfg.seed).fit_predict(vectors)
     vocab = np.array(tfidf.get_feature_names_out())
     names = {}
     for c in range(k):
@@ -104,11 +124,9 @@ def assign_topics(cfg: ExperimentConfig, docs: list[dict], chunks: pd.DataFrame,
 
 
 def sample_chunks(chunks: pd.DataFrame, limit: int | None, seed: int, min_tokens: int) -> pd.DataFrame:
-    """Up to ``limit`` chunks of at least ``min_tokens``, dealt round-robin across topics in a seeded
-    order (every topic gets some when ``limit`` allows)."""
+    """Chunks of at least ``min_tokens``, dealt round-robin across topics in a seeded order (every
+    topic gets some early), up to ``limit`` (None: all of them, in that order)."""
     pool = chunks[chunks["n_tokens"] >= min_tokens]
-    if limit is None or len(pool) <= limit:
-        return pool
     rng = random.Random(seed)
     queues = {}
     for topic, group in sorted(pool.groupby("topic"), key=lambda kv: kv[0]):
@@ -116,65 +134,226 @@ def sample_chunks(chunks: pd.DataFrame, limit: int | None, seed: int, min_tokens
         rng.shuffle(idx)
         queues[topic] = idx
     picked: list[int] = []
+    limit = len(pool) if limit is None else min(limit, len(pool))
     while len(picked) < limit:
         for topic in list(queues):
             if queues[topic] and len(picked) < limit:
                 picked.append(queues[topic].pop())
         queues = {t: q for t, q in queues.items() if q}
-    return pool.loc[sorted(picked)]
+    return pool.loc[picked]
 
 
-def generate_pairs(cfg: ExperimentConfig, chunks: pd.DataFrame, model_path: Path,
-                   progress: Callable[[str], None]) -> tuple[list[dict], dict[str, Any]]:
-    """LLM pairs for the sampled chunks, and facts about the run (endpoint, requests, errors, seconds)."""
+class GenerationCache:
+    """Model answers already received, by request key, appended as they arrive (JSON lines).
+
+    A killed or failed build leaves them on disk; the next build with the same dataset name takes
+    them instead of asking the model again. Failed requests are not kept (they are asked again).
+    A torn last line (the process died mid-write) is skipped.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.known: dict[str, str] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    item = json.loads(line)
+                    self.known[item["key"]] = item["output"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("a", encoding="utf-8")
+
+    def put(self, key: str, output: str) -> None:
+        self.known[key] = output
+        self._file.write(json.dumps({"key": key, "output": output}, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _ask(cfg: ExperimentConfig, requests: list[dict], cache: GenerationCache, model_path: Path, where: dict[str, Any],
+         deadline: float | None) -> dict[str, tuple[str, str]]:
+    """{key: (output, error)} for the requests: cached answers, then the model's through Ray Data.
+
+    HTTP backends send nothing after ``deadline`` (epoch seconds) and cut the timeout of requests in
+    flight to it; requests left unsent are left out of the result. (The in-process vLLM backend
+    answers every request.)"""
     import ray
 
-    from app.data.generate import http_processor, pairs_from_output, vllm_processor
+    from app.data.generate import ChatRequester, vllm_processor
     from app.serving.builder import engine_args
 
     g = cfg.data.generation
-    picked = sample_chunks(chunks, g.max_chunks, cfg.seed, cfg.data.min_chunk_tokens)
-    if picked.empty:
-        progress(f"  no chunk has data.min_chunk_tokens={cfg.data.min_chunk_tokens} tokens: nothing sent to the LLM")
-        return [], {"requests": 0, "request_errors": 0}
-    cols = ["chunk_id", "doc_title", "section", "text"]
+    results = {r["key"]: (cache.known[r["key"]], "") for r in requests if r["key"] in cache.known}
+    todo = [r for r in requests if r["key"] not in results]
+    if not todo:
+        return results
+    frame = pd.DataFrame([{"key": r["key"], "body": r["body"]} for r in todo]).drop_duplicates("key")
     # Many small blocks: Ray Data hands a block to one actor task, so a single block would be
     # answered by one actor however high the configured concurrency.
-    frame = picked[cols].reset_index(drop=True)
-    n_blocks = min(len(frame), 8 * g.concurrency)
+    n_blocks = max(1, min(len(frame), 8 * g.concurrency, len(frame) // g.batch_size))
     ds = ray.data.from_pandas([frame.iloc[i::n_blocks] for i in range(n_blocks)])
-    model = g.model or cfg.model.name
     if g.backend == "vllm":
         # The serving section's engine arguments: the same dtype and eager/compiled path the endpoint
         # serves, checked by its correctness gate.
-        processor = vllm_processor(g, str(model_path), g.prompt_style, engine_args(cfg.serving),
-                                   cfg.training.use_gpu)
-        where = f"in-process vLLM ({model_path.name})"
+        rows = vllm_processor(g, str(model_path), engine_args(cfg.serving), cfg.training.use_gpu)(ds)
     else:
-        base, key = endpoint(cfg)
-        processor = http_processor(g, base, model, g.prompt_style, key)
-        where = f"{base} model {model}"
-    progress(f"asking the LLM for QA pairs over {len(picked)} chunks ({where}, {g.prompt_style} prompt)")
+        rows = ds.map_batches(ChatRequester, fn_constructor_kwargs={
+            "url": where["base"].rstrip("/") + "/chat/completions", "api_key": where["key"], "timeout_s": g.timeout_s,
+            "max_retries": g.max_retries, "retry_wait_s": g.retry_wait_s, "inflight": g.inflight, "deadline": deadline},
+            batch_size=g.batch_size, num_cpus=0.1, compute=ray.data.ActorPoolStrategy(size=g.concurrency))
+    for r in rows.iter_rows():  # streamed: each answer is kept as soon as it arrives
+        output, error = r.get("output") or "", r.get("error") or ""
+        if error == ChatRequester.LATE:
+            continue  # never sent: not a request, not a failure
+        results[r["key"]] = (output, error)
+        if not error:
+            cache.put(r["key"], output)
+    return results
+
+
+def _rows_for(chunk: dict, requests: list[dict], results: dict[str, tuple[str, str]], origin: str, mode: str) -> list[dict]:
+    from app.data.generate import pairs_from_output, question_rows
+
+    rows = []
+    for req in requests:
+        if req["key"] not in results:
+            continue
+        output, error = results[req["key"]]
+        if mode == "answer_first":
+            rows.extend(question_rows({**chunk, "answer": req["answer"]}, output, error, origin))
+        else:
+            rows.extend(pairs_from_output(chunk, output, error, origin))
+    return rows
+
+
+def _accepted_unique(scored: pd.DataFrame) -> int:
+    from app.data.schema import normalize_text
+
+    return scored.loc[scored["accepted"], "question"].map(normalize_text).nunique() if len(scored) else 0
+
+
+def estimate_extracted(cfg: ExperimentConfig, extracted: list[dict], sample: int = 300) -> float:
+    """Extracted pairs expected to pass the quality checks: the pass rate of a seeded sample, times the
+    distinct questions (the whole set is scored after generation, on Ray Data)."""
+    from app.data.quality import score_frame
+    from app.data.schema import normalize_text
+
+    if not extracted:
+        return 0.0
+    rng = random.Random(cfg.seed)
+    picked = extracted if len(extracted) <= sample else rng.sample(extracted, sample)
+    scored = score_frame(pd.DataFrame(picked).assign(parse_error=""), cfg.data.quality)
+    distinct = len({normalize_text(p["question"]) for p in extracted})
+    return float(scored["accepted"].mean()) * distinct
+
+
+def generate_pairs(cfg: ExperimentConfig, chunks: pd.DataFrame, model_path: Path, progress: Callable[[str], None],
+                   expected_extracted: float = 0.0) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Scored LLM rows (accepted or with their reject reason) and facts about the run.
+
+    Chunks are asked about in waves, round-robin across topics, until the accepted pairs expected
+    (``expected_extracted`` + the model's accepted so far) reach ``target_pairs * target_margin`` and
+    at least ``min_chunks`` chunks were asked about, or the chunks run out. After the first wave
+    (``estimate_requests`` answers, or ``estimate_within_s`` seconds) the yield per request is known:
+    when even every remaining chunk could not reach ``target_pairs``, the build fails there with the
+    estimate and what to change, not after hours of generation.
+    """
+    import math
+
+    from app.data.generate import plan_requests
+    from app.data.quality import score_frame
+
+    d, g = cfg.data, cfg.data.generation
+    order = sample_chunks(chunks, g.max_chunks, cfg.seed, d.min_chunk_tokens)
+    info: dict[str, Any] = {"mode": g.mode, "guided": g.guided, "requests": 0, "request_errors": 0, "cached": 0,
+                            "chunks": 0, "waves": []}
+    if order.empty:
+        progress(f"  no chunk has data.min_chunk_tokens={d.min_chunk_tokens} tokens: nothing sent to the LLM")
+        return pd.DataFrame(), info
+    model = g.model or cfg.model.name
+    origin = f"llm:{model}"
+    where: dict[str, Any] = {"base": None, "key": None}
+    if g.backend == "vllm":
+        info["endpoint"] = f"in-process vLLM ({model_path.name})"
+    else:
+        where["base"], where["key"] = endpoint(cfg)
+        info["endpoint"] = f"{where['base']} model {model}"
+    need = math.ceil(d.target_pairs * g.target_margin)
+    progress(f"asking the LLM for questions ({g.mode}{', guided' if g.guided else ''}) over up to {len(order)} chunks "
+             f"({info['endpoint']}); extracted pairs expected to pass: {expected_extracted:.0f}, aiming at {need}")
+    cache = GenerationCache(datasets_root(cfg) / "generation-cache.jsonl")
+    records = order.to_dict("records")
+    frames: list[pd.DataFrame] = []
     started = time.time()
-    outputs = {}
-    last = started
-    for r in processor(ds).iter_rows():  # streamed, so progress shows while the engine works
-        if r.get("chunk_id"):
-            outputs[r["chunk_id"]] = r
-        if time.time() - last >= 30 or len(outputs) == len(picked):
-            last, rate = time.time(), len(outputs) / (time.time() - started)
-            eta = (len(picked) - len(outputs)) / rate if rate else float("nan")
-            progress(f"  LLM: {len(outputs)}/{len(picked)} chunks answered ({rate:.2f}/s, about {eta / 60:.0f} min left)")
+    pos, done_requests, accepted, total_planned = 0, 0, 0, 0
+    wave_requests = g.estimate_requests
+    try:
+        while pos < len(records):
+            first = not info["waves"]
+            batch: list[tuple[dict, list[dict]]] = []
+            planned = 0
+            while pos < len(records) and planned < wave_requests:
+                chunk = records[pos]
+                reqs = plan_requests(chunk, g, model)
+                pos += 1
+                if reqs:
+                    batch.append((chunk, reqs))
+                    planned += len(reqs)
+            t = time.time()
+            deadline = started + g.estimate_within_s if first else None
+            total_planned += planned
+            cached = sum(r["key"] in cache.known for _, reqs in batch for r in reqs)
+            results = _ask(cfg, [r for _, reqs in batch for r in reqs], cache, model_path, where, deadline)
+            rows = [row for chunk, reqs in batch for row in _rows_for(chunk, reqs, results, origin, g.mode)]
+            asked = sum(r["key"] in results for _, reqs in batch for r in reqs)
+            errors = sum(bool(results[r["key"]][1]) for _, reqs in batch for r in reqs if r["key"] in results)
+            scored = score_frame(pd.DataFrame(rows), d.quality) if rows else pd.DataFrame()
+            frames.append(scored)
+            done_requests += asked
+            info["requests"], info["request_errors"] = done_requests, info["request_errors"] + errors
+            info["chunks"], info["cached"] = pos, info["cached"] + cached
+            nonempty = [f for f in frames if len(f)]
+            accepted = _accepted_unique(pd.concat(nonempty, ignore_index=True)) if nonempty else 0
+            per_request = accepted / done_requests if done_requests else 0.0
+            left_requests = (len(records) - pos) * total_planned / max(pos, 1)
+            projected = expected_extracted + accepted + per_request * left_requests
+            wave = {"requests": asked, "cached": cached, "errors": errors, "seconds": round(time.time() - t, 1),
+                    "accepted_total": accepted, "yield_per_request": round(per_request, 4),
+                    "projected_pairs": round(projected)}
+            info["waves"].append(wave)
+            elapsed = time.time() - started
+            progress(f"  LLM wave {len(info['waves'])}: {asked} requests ({cached} answered from the cache, {errors} failed) in {wave['seconds']:.0f} s; "
+                     f"{accepted} accepted so far of {done_requests} requests ({per_request:.0%} per request); "
+                     f"{pos}/{len(records)} chunks asked about; estimate at the end of the corpus: {projected:.0f} pairs")
+            if projected < d.target_pairs:
+                raise DatasetError(
+                    f"the corpus cannot reach data.target_pairs={d.target_pairs}: after {done_requests} requests "
+                    f"({elapsed:.0f} s of generation) {per_request:.1%} of requests gave an accepted pair; with about "
+                    f"{expected_extracted:.0f} extracted pairs expected to pass and {left_requests:.0f} requests left "
+                    f"over {len(records) - pos} chunks, the estimate is {projected:.0f} pairs. To change it: lower "
+                    f"data.target_pairs (e.g. to {max(1, int(projected * 0.9))}), ask more per chunk "
+                    f"(data.generation.answers_per_chunk, now {g.answers_per_chunk}), raise or drop "
+                    f"data.generation.max_chunks (now {g.max_chunks}), add documents, or use a more capable model "
+                    "(data.generation.backend=http with data.generation.url and data.generation.mode=pairs). "
+                    f"Answers so far are kept in {cache.path} and reused by the next build.")
+            have = expected_extracted + accepted
+            if have >= need and pos >= g.min_chunks:
+                break
+            missing = max(need - have, 0)
+            wave_requests = max(32, math.ceil(missing / max(per_request, 0.01) * 1.1))
+            if pos < g.min_chunks:
+                wave_requests = max(wave_requests, math.ceil((g.min_chunks - pos) * total_planned / max(pos, 1)))
+    finally:
+        cache.close()
     seconds = time.time() - started
-    rows, errors = [], 0
-    for chunk in picked.to_dict("records"):
-        out = outputs.get(chunk["chunk_id"], {"output": "", "error": "no result (request failed in the engine)"})
-        errors += bool(out["error"])
-        rows.extend(pairs_from_output(chunk, out["output"] or "", out["error"] or "", f"llm:{model}"))
-    info = {"requests": len(picked), "request_errors": errors, "seconds": round(seconds, 1), "endpoint": where,
-            "requests_per_s": round(len(picked) / seconds, 3) if seconds else None}
-    progress(f"  {len(picked)} requests in {seconds:.0f} s, {errors} failed, {len(rows)} candidate rows")
-    return rows, info
+    info.update(seconds=round(seconds, 1), requests_per_s=round(done_requests / seconds, 3) if seconds else None)
+    nonempty = [f for f in frames if len(f)]
+    out = pd.concat(nonempty, ignore_index=True) if nonempty else pd.DataFrame()
+    progress(f"  {done_requests} requests in {seconds:.0f} s, {info['request_errors']} failed, {len(out)} candidate rows")
+    return out, info
 
 
 def endpoint(cfg: ExperimentConfig) -> tuple[str, str | None]:
@@ -291,7 +470,7 @@ def _plot_scores(df: pd.DataFrame, path: Path) -> None:
         for gen, group in df.groupby("generator"):
             vals = group[s].dropna()
             if len(vals):
-                ax.hist(vals, bins=30, range=(-0.2 if "semantic" in s or "relevance" in s else 0, 1), alpha=0.5,
+                ax.hist(vals, bins=30, range=(1, 10) if "rank" in s else (-0.2 if "semantic" in s or "relevance" in s else 0, 1), alpha=0.5,
                         label=f"{gen} ({len(vals)})")
         ax.set_title(s.removeprefix("score_"))
     axes[0].legend(fontsize=7)
@@ -301,6 +480,21 @@ def _plot_scores(df: pd.DataFrame, path: Path) -> None:
 
 
 # -- the build ---------------------------------------------------------------------------------
+
+
+class _AppRelease:
+    """Removes the Serve app a build deployed for generation, once: after generation, or on failure."""
+
+    def __init__(self, progress: Callable[[str], None]):
+        self.deployed, self.progress = False, progress
+
+    def __call__(self) -> None:
+        if self.deployed:
+            from app.serving.manager import remove_app
+
+            self.deployed = False
+            self.progress("removing the Serve app this build deployed for generation")
+            remove_app()
 
 
 def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of: str | None = None,
@@ -327,12 +521,14 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
     timings: dict[str, float] = {}
     t0 = time.time()
     tags = {"rerun_of": rerun_of} if rerun_of else {}
-    with start_run(cfg, "build_dataset", config_path, inputs={"corpus": hash_path(root)}, tags=tags) as run:
-        deployed = False
+    with start_run(cfg, "build_dataset", config_path, inputs={"corpus": hash_path(root)}, tags=tags) as run, \
+            contextlib.ExitStack() as cleanup:
+        release = _AppRelease(progress)
+        cleanup.callback(release)  # a failed build removes the app it deployed, as a successful one does
         if d.generation.enabled and d.generation.backend == "serve":
             from app.serving.manager import ensure_served
 
-            deployed = ensure_served(cfg, [d.generation.model or cfg.model.name], "QA generation", progress)
+            release.deployed = ensure_served(cfg, [d.generation.model or cfg.model.name], "QA generation", progress)
         else:
             cluster.connect(cfg.ray)
         _data_context()
@@ -343,39 +539,41 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
         chunks = pd.DataFrame([c for x in docs for c in x["chunks"]])
         if chunks.empty:
             raise DatasetError(f"no text in any of the {len(docs)} documents under {root}: {skipped[:5]}")
+        timings["read_chunk_extract_s"] = time.time() - t
+        t = time.time()
         how = assign_topics(cfg, docs, chunks, progress)
         topic_of = dict(zip(chunks["chunk_id"], chunks["topic"]))
         extracted = [{**p, "topic": topic_of[p["chunk_id"]]} for x in docs for p in x["extracted"]]
-        timings["read_chunk_extract_s"] = time.time() - t
+        timings["topics_s"] = time.time() - t
         progress(f"  {len(docs) - sum(bool(x['error']) for x in docs)} documents, {len(chunks)} chunks, "
-                 f"{chunks['topic'].nunique()} topics ({how}), {len(extracted)} extracted pairs, "
-                 f"{len(skipped)} files skipped, {timings['read_chunk_extract_s']:.1f} s")
+                 f"{chunks['topic'].nunique()} topics ({how}), {len(extracted)} extracted pairs "
+                 f"({', '.join(f'{k} {v}' for k, v in sorted(Counter(p['generator'] for p in extracted).items()))}), "
+                 f"{len(skipped)} files skipped; read {timings['read_chunk_extract_s']:.1f} s, topics {timings['topics_s']:.1f} s")
         for s in skipped[:20]:
             progress(f"  skipped {s['path']}: {s['reason']}")
 
-        llm_rows, gen_info = [], {"requests": 0}
+        llm_scored, gen_info = pd.DataFrame(), {"requests": 0}
         if d.generation.enabled:
             t = time.time()
-            llm_rows, gen_info = generate_pairs(cfg, chunks, stored.path, progress)
+            expected = estimate_extracted(cfg, extracted)
+            timings["estimate_extracted_s"] = time.time() - t
+            t = time.time()
+            llm_scored, gen_info = generate_pairs(cfg, chunks, stored.path, progress, expected)
             timings["generate_s"] = time.time() - t
-            if deployed:
-                # Deployed only to write pairs: its engine's memory goes back to the next stage
-                # (training needs it on a small machine). `app serve up` keeps an endpoint running.
-                from app.serving.manager import remove_app
-
-                progress("removing the Serve app this build deployed for generation")
-                remove_app()
-            for r in llm_rows:
-                r["topic"] = topic_of[r["chunk_id"]]
+            # Deployed only to write pairs: its engine's memory goes back to the next stage
+            # (training needs it on a small machine). `app serve up` keeps an endpoint running.
+            release()
 
         t = time.time()
-        candidates = extracted + llm_rows
-        if not candidates:
+        if not extracted and llm_scored.empty:
             raise DatasetError("no candidate pairs: enable extraction kinds or LLM generation")
-        progress(f"scoring {len(candidates)} candidate pairs (all-MiniLM-L6-v2, {d.concurrency} actors)")
+        progress(f"scoring {len(extracted)} extracted pairs (all-MiniLM-L6-v2, {d.concurrency} actors)")
         from app.data.quality import deduplicate
 
-        scored = score_pairs(cfg, candidates)
+        parts = [score_pairs(cfg, extracted)] if extracted else []
+        parts += [llm_scored] if len(llm_scored) else []
+        scored = pd.concat(parts, ignore_index=True).drop_duplicates("pair_id", keep="first") \
+            .sort_values("pair_id", kind="stable").reset_index(drop=True)
         timings["quality_s"] = time.time() - t
         scored, review_counts = apply_reviews(cfg, scored, store.decisions(d.name),
                                               {x["doc_id"] for x in docs if not x["error"]})

@@ -1,4 +1,7 @@
-"""QA pairs the documents already contain: FAQ blocks, question headings and definition lists.
+"""QA pairs the documents already contain: FAQ blocks, question headings, definition lists, and what
+manuals are made of: a section heading with its first paragraph, an API signature with its
+description, a term in bold or code with the sentence that defines it, a code example with the
+sentence that introduces it.
 
 They cost no model call and their answers are the authors' own words, so they are the most
 trustworthy pairs the dataset has. Each pair keeps the exact slice of the normalized text it came
@@ -15,7 +18,7 @@ from typing import Iterable
 from app.data.formats import ATX_HEADING, fence_state, headings
 from app.data.schema import normalize_text
 
-KINDS = ("faq", "heading_question", "definition")
+KINDS = ("faq", "heading_question", "definition", "section", "signature", "term", "example", "statement")
 MAX_ANSWER_CHARS = 500
 MIN_ANSWER_WORDS = 3
 
@@ -31,6 +34,7 @@ _SENTENCE_END = re.compile(r"[.!?][)\]\"'’”]*(?=\s+[^a-z\s])")
 _PREFIXES = ("class", "exception", "classmethod", "staticmethod", "abstractmethod", "async", "method", "function")
 _CALL = re.compile(rf"^(?:({'|'.join(_PREFIXES)})\s+)?([A-Za-z_][\w.]*)\s*\((?:.*)\)\s*(?:->.*)?$")
 _NAME = re.compile(rf"^(?:({'|'.join(_PREFIXES)})\s+)?([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*)$")
+_FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _VAGUE_TITLES = {"glossary", "faq", "faqs", "definitions", "terms", "terminology", "index", "readme", "notes"}
 
 
@@ -73,6 +77,14 @@ def extract_pairs(text: str, title: str = "", kinds: Iterable[str] = KINDS) -> l
         found += _heading_pairs(text, lines)
     if "definition" in wanted:
         found += _definition_pairs(text, lines, title)
+    if wanted & {"section", "signature"}:
+        found += [p for p in _section_pairs(text, lines, title) if p.kind in wanted]
+    if "term" in wanted:
+        found += _term_pairs(text, lines, title)
+    if "example" in wanted:
+        found += _example_pairs(text, lines)
+    if "statement" in wanted:
+        found += _statement_pairs(text, lines)
     return _dedupe(sorted(found, key=lambda p: (p.start, p.end, p.kind)))
 
 
@@ -186,11 +198,242 @@ def _definition_pairs(text: str, lines: list[_Line], title: str) -> list[Extract
     return pairs
 
 
+# Headings that name a part of every manual page rather than a topic: their first paragraph answers
+# no question the heading asks (DESCRIPTION is handled apart: it says what the page's subject does).
+_GENERIC_HEADINGS = {
+    "name", "synopsis", "options", "examples", "example", "see also", "notes", "note", "bugs", "author", "authors",
+    "files", "environment", "configuration", "git", "documentation", "discussion", "output", "usage", "reporting bugs",
+    "copyright", "license", "history", "contents", "table of contents", "summary", "return value", "exit status",
+    "parameters", "arguments", "returns", "raises", "attributes", "methods", "footnotes", "references", "index",
+    "hooks", "limitations", "warning", "caveats", "security", "trailers", "commands", "subcommands", "modes",
+    "mailmap", "interaction", "pretty formats", "diff formatting", "examples", "tips", "hints",
+}
+_ABOUT_HEADINGS = {"description", "overview", "introduction", "about", "purpose"}
+def subject_of(title: str) -> str:
+    """The page's subject as a question names it: "git-commit(1) Manual Page" -> "git-commit"."""
+    return re.sub(r"\s*\(\d\w*\)|\bManual Page\b", "", title).strip(" -:")
+
+
+def section_question(heading: str, title: str) -> tuple[str, str] | None:
+    """(kind, question) for a section heading whose first paragraph answers it (an API signature, an
+    overview of the page's subject), or None."""
+    h = _unbold(heading).strip().rstrip(":.")
+    bare, code = _unquote(h)
+    if (code or _CALL.match(bare)) and _CALL.match(bare):
+        return "signature", term_question(h, title)
+    low = h.lower()
+    if not h or h.endswith("?") or low in _GENERIC_HEADINGS or len(h.split()) > 8 or not re.search(r"[a-z]", low):
+        return None
+    subject = subject_of(title)
+    if low in _ABOUT_HEADINGS:
+        if not subject or subject.lower() in _VAGUE_TITLES:
+            return None
+        return "section", (f"What does {subject} do?" if re.fullmatch(r"[a-z][\w.-]*", subject) else f"What is {subject}?")
+    # "How to ..." and "Creating a branch" headings were tried: their first paragraph is an
+    # introduction more often than an answer (1 of 4 right in a read sample of git-doc), so they
+    # are left to the statement and LLM generators.
+    return None
+
+
+def _section_pairs(text: str, lines: list[_Line], title: str) -> list[ExtractedPair]:
+    """A section heading (an API signature, an overview of the page's subject) and the first prose
+    paragraph beneath it."""
+    index = {line.start: n for n, line in enumerate(lines)}
+    pairs: list[ExtractedPair] = []
+    for offset, _, heading in headings(text):
+        found = section_question(heading, title)
+        if not found:
+            continue
+        block = _first_prose(lines, index[offset] + 1)
+        if block:
+            first, last = block
+            pair = _pair(text, found[0], found[1], offset, lines[first].start, lines[last].end)
+            if pair and len(pair.answer.split()) >= 8:
+                pairs.append(pair)
+    return pairs
+
+
+_TERM_SENTENCE = re.compile(r"(?:(?:A|An|The)\s+)?(\*\*[^*\n]{2,60}\*\*|`[^`\n]{2,60}`)\s+"
+                            r"(?:is|are|means|refers to|denotes|represents|stands for|describes)\s+\S")
+
+
+def _term_pairs(text: str, lines: list[_Line], title: str) -> list[ExtractedPair]:
+    """A sentence that opens with a term in bold or code and defines it ("`HEAD` is the ...")."""
+    pairs: list[ExtractedPair] = []
+    i = 0
+    while i < len(lines):
+        if _ends_block(lines[i]) or _SKIPPED.match(lines[i].text) or _NOT_PROSE.match(lines[i].text) \
+                or _DEF.match(lines[i].text):
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(lines) and not _ends_block(lines[j + 1]):
+            j += 1
+        start, end = lines[i].start, lines[j].end
+        para = text[start:end]
+        bounds = [0] + [m.end() for m in _SENTENCE_END.finditer(para)]
+        for k, b in enumerate(bounds):
+            while b < len(para) and para[b].isspace():
+                b += 1
+            m = _TERM_SENTENCE.match(para, b)
+            if not m:
+                continue
+            stop = bounds[k + 1] if k + 1 < len(bounds) else len(para)
+            term = m.group(1)
+            question = term_question(term.strip("*") if term.startswith("**") else term, title)
+            pair = _pair(text, "term", question, start + b, start + b, start + stop)
+            if pair and len(pair.answer.split()) >= 6:
+                pairs.append(pair)
+        i = j + 1
+    return pairs
+
+
+_TO_INTRO = re.compile(r"(?:^|(?<=[.!?]\s))To\s+([a-z][^,:.]{5,120}?),?\s+(?:you\s+(?:can|could|would|should|may|need to)\s+)?"
+                       r"(?:use|run|type|do|say|write|add|invoke|call|give|issue|try)\b[^.!?]*:\s*$", re.S)
+
+
+def _example_pairs(text: str, lines: list[_Line]) -> list[ExtractedPair]:
+    """A paragraph ending in "To <do something>, run:" directly followed by a code block (at most 12
+    lines): "How do I <do something>?", answered by the sentence and the code."""
+    pairs: list[ExtractedPair] = []
+    for i, line in enumerate(lines):
+        if line.code or line.blank or not line.text.rstrip().endswith(":"):
+            continue
+        j = i + 1
+        while j < len(lines) and lines[j].blank:
+            j += 1
+        if j >= len(lines) or not lines[j].code or j - i > 2:
+            continue
+        k = j + 1
+        while k < len(lines) and lines[k].code and not _FENCE_LINE.match(lines[k].text):
+            k += 1
+        if k >= len(lines) or k - j - 1 > 12 or k - j - 1 < 1:
+            continue
+        p = i
+        while p > 0 and not _ends_block(lines[p - 1]):
+            p -= 1
+        para = text[lines[p].start:line.end]
+        m = _TO_INTRO.search(para)
+        if not m:
+            continue
+        a_start = lines[p].start + m.start() + (0 if para[m.start()] == "T" else 1)
+        while a_start < len(text) and text[a_start].isspace():
+            a_start += 1
+        end = lines[k].end
+        answer = text[a_start:end]
+        question = f"How do I {' '.join(m.group(1).split())}?"
+        if len(re.findall(r"[A-Za-z_]{3,}", m.group(1))) < 3:  # "To achieve that, ..." names nothing
+            continue
+        pairs.append(ExtractedPair(question=question, answer=answer, evidence=text[a_start:end], start=a_start,
+                                   end=end, kind="example"))
+    return pairs
+
+
+_STMT_START_BAD = re.compile(r"^(?:However|But|And|Also|So|Thus|Then|This|That|These|Those|It|Its|They|Their|Here|There|"
+                             r"Such|Otherwise|Instead|Similarly|For example|Note|See|You|We|I|One|Each|Both|All|Some|"
+                             r"Other|Another|Most|Many|Any|In|On|At|As|By|For|From|With|After|Before|Since|Because|"
+                             r"Currently|Calling|Using|Only|Now|Again|Usually|Normally|Typically)\b")
+_IS_STATEMENT = re.compile(r"^((?:The |A |An )?(?:`[^`\n]{1,40}`|[A-Za-z][\w.-]*)(?: (?:`[^`\n]{1,40}`|[a-z][\w.-]*)){0,4}) "
+                           r"(is|are) (?:a|an|the|one|used|meant|responsible|similar|equivalent|synonym|set|stored|"
+                           r"only|always|never|usually|not)\b")
+_HEAD_NOUNS = r"(?:option|options|command|variable|setting|field|file|flag|mode|attribute|key|directory|hook|argument|" \
+              r"parameter|value|function|method|class|module|macro|format|header|section|capability|helper|program|script)"
+_VERB_STATEMENT = re.compile(r"^((?:The |A |An )?`[^`\n]{1,40}`(?: (?:[a-z]+ )?" + _HEAD_NOUNS + r")?) "
+                             r"([a-z]{3,}(?:s|es))\b(?! (?:is|are|of|to)\b)")
+_CONDITION_STATEMENT = re.compile(r"^(If|When|Unless) ([^,;:]{8,120}), [a-z`]")
+_SPECIFIC = re.compile(r"`[^`]+`|--?[a-z][\w-]+|\b[a-z]+\.[a-zA-Z]\w*|\b[A-Z][a-z]*[A-Z]\w*|\$\w+|\b[A-Z]{2,}\b")
+_NOT_VERBS = {"this", "its", "has", "was", "does", "is", "as", "us", "ours", "yes", "less", "unless", "across", "always",
+              "sometimes", "perhaps", "its", "status", "process", "access", "address", "class", "alias", "bias", "series",
+              "behaves", "appears", "exists", "works", "happens", "matters", "fails", "succeeds", "seems", "stays",
+              "remains", "lives", "belongs", "refers", "thus", "also", "comes", "goes", "occurs", "starts", "ends"}
+
+
+def _base_verb(verb: str) -> str:
+    """specifies -> specify, matches -> match, uses -> use, passes -> pass (third person to base form)."""
+    if verb.endswith("ies") and len(verb) > 4:
+        return verb[:-3] + "y"
+    if verb.endswith(("sses", "ches", "shes", "xes", "zes", "oes")):
+        return verb[:-2]
+    return verb[:-1]
+
+
+def statement_question(sentence: str) -> str | None:
+    """The question a stand-alone statement answers, by rule, or None when it names nothing specific:
+    "`X` is ..." -> "What is `X`?"; "The `x` option removes ..." -> "What does the `x` option remove?";
+    "If `a` is set, ..." -> "What happens if `a` is set?"."""
+    m = _CONDITION_STATEMENT.match(sentence)
+    if m:
+        cond = m.group(2).strip()
+        if _SPECIFIC.search(cond) and len(cond.split()) >= 3 \
+                and not re.match(r"(?:it|this|that|they|you|we|so|not|used|set|given|using)\b", cond):
+            return f"What happens {m.group(1).lower()} {cond}?"
+        return None
+    if _STMT_START_BAD.match(sentence) or re.match(r"(?:If|When|Unless|While|Where|Whether)\b", sentence):
+        return None
+    m = _IS_STATEMENT.match(sentence)
+    if m:
+        subject = m.group(1)
+        words = [w for w in re.findall(r"[A-Za-z_]+", subject) if w.lower() not in ("the", "a", "an")]
+        low = f" {subject.lower()} "
+        if re.search(r" (?:this|that|these|those|it|its|their|such|of|and|or|resulting|above|following|same) ", low) \
+                or words[0].endswith(("ly", "ing")) or not (_SPECIFIC.search(subject) or 2 <= len(words) <= 3):
+            return None
+        return f"What {m.group(2)} {_lower_first(subject)}?"
+    m = _VERB_STATEMENT.match(sentence)
+    if m and m.group(2) not in _NOT_VERBS:
+        return f"What does {_lower_first(m.group(1))} {_base_verb(m.group(2))}?"
+    return None
+
+
+def _lower_first(subject: str) -> str:
+    """ "The `x` option" -> "the `x` option", "Lightweight tags" -> "lightweight tags"; code, acronyms and
+    CamelCase names keep their case."""
+    first, _, rest = subject.partition(" ")
+    if first in ("The", "A", "An") or not (first.startswith("`") or first.isupper() or re.search(r"[A-Z]", first[1:])):
+        return (first.lower() + (" " + rest if rest else "")).strip()
+    return subject
+
+
+def _statement_pairs(text: str, lines: list[_Line]) -> list[ExtractedPair]:
+    """A stand-alone sentence of a prose paragraph turned into the question it answers, by rule
+    (:func:`statement_question`); the sentence is the answer."""
+    pairs: list[ExtractedPair] = []
+    i = 0
+    while i < len(lines):
+        if _ends_block(lines[i]) or _SKIPPED.match(lines[i].text) or _NOT_PROSE.match(lines[i].text) \
+                or _DEF.match(lines[i].text):
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(lines) and not _ends_block(lines[j + 1]):
+            j += 1
+        start, para = lines[i].start, text[lines[i].start:lines[j].end]
+        bounds = [0] + [m.end() for m in _SENTENCE_END.finditer(para)] + [len(para)]
+        for a, b in zip(bounds, bounds[1:]):
+            while a < b and para[a].isspace():
+                a += 1
+            sentence = _collapse(para[a:b])
+            if not (8 <= len(sentence.split()) <= 60) or not sentence.endswith("."):
+                continue
+            question = statement_question(sentence)
+            if question:
+                pair = _pair(text, "statement", question, start + a, start + a, start + b)
+                if pair:
+                    pairs.append(pair)
+        i = j + 1
+    return pairs
+
+
 # --- wording -------------------------------------------------------------------------------------------
 
 def term_question(term: str, title: str = "") -> str:
     """The question a definition answers, worded from its term: code gets code questions."""
     bare, code = _unquote(term)
+    if re.match(r"^--?[A-Za-z\[]", bare):  # a command-line option: "-a, --all"
+        names = [x.strip() for x in bare.split(",") if x.strip()]
+        name = next((x for x in names if x.startswith("--")), names[0])
+        subject = subject_of(title)
+        return f"What does the `{name}` option{f' of {subject}' if subject else ''} do?"
     call = _CALL.match(bare)
     if call and (code or call.group(1) or _plain_callable(call.group(2))):
         return _code_question(call.group(1), call.group(2), callable_=True)

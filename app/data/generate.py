@@ -1,13 +1,22 @@
-"""LLM-written QA pairs over chunks, batched with ray.data.llm.
+"""LLM-written QA pairs over chunks, as Ray Data jobs.
+
+Two modes (``data.generation.mode``):
+
+* ``answer_first`` (the default, what a 135M model can do): answer passages are picked from the
+  chunk by rule (:func:`answer_passages`: whole sentences that read as an answer, so the answer is
+  grounded by construction) and the model is asked only for the question each one answers. With
+  guided decoding the reply is held to a question pattern (vLLM's ``structured_outputs`` regex).
+* ``pairs``: the model writes question and answer (``prompt_style`` labelled or json); with
+  guided decoding a JSON reply is held to a JSON schema through ``response_format``.
 
 Backends (``data.generation.backend``):
 
-* ``serve`` / ``http``: ray.data.llm's HTTP processor against an OpenAI-compatible
-  ``/chat/completions`` endpoint (the project's own Serve app, or any provider by URL and key).
-  Ray 2.60's HTTP stage raises on a non-JSON body and loses the status of a JSON error body, so
-  the aiohttp session it uses gets :class:`TolerantResponse`: every answer becomes a dict, an
-  error one carrying its status and body, and a bad row is rejected with that reason instead of
-  failing the job. Retries (408/429/5xx, connection errors), backoff, rate and timeout are config.
+* ``serve`` / ``http``: :class:`ChatRequester`, a Ray Data actor that sends each row's chat request
+  to an OpenAI-compatible ``/chat/completions`` endpoint (the project's own Serve app, or any
+  provider by URL and key), several in flight per actor. Retries (408/429/5xx, connection errors,
+  timeouts) with exponential backoff; a request that still fails becomes a row with its reason,
+  never an exception: one bad request must not abort the dataset (Ray 2.60's HTTP stage raises
+  after its retries, which killed whole builds).
 * ``vllm``: ray.data.llm's vLLM processor, the engine inside the Ray Data job (GPU clusters).
 
 Model output is parsed leniently (:func:`parse_pairs`): a JSON object or list anywhere in the text,
@@ -17,13 +26,16 @@ else ``Question:/Answer:/Evidence:`` lines; what cannot be parsed is rejected wi
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
+import time
 from typing import Any
 
 import aiohttp
 
 from app.config import GenerationConfig
+from app.data.extract import _base_verb, statement_question
 from app.data.schema import normalize_text, pair_id
 
 SYSTEM_PROMPT = "You write question-answer pairs for a study set about technical documentation."
@@ -255,35 +267,299 @@ def response_text(response: Any) -> tuple[str, str]:
     return content or "", "" if content else "empty completion"
 
 
-def http_processor(g: GenerationConfig, base_url: str, model: str, style: str, api_key: str | None) -> Any:
-    from ray.data.llm import HttpRequestProcessorConfig, build_processor
+# -- answer-first generation -------------------------------------------------------------------
 
-    from app.serving.manager import bearer
+# A question, asked plainly: guided decoding holds the model's reply to this pattern, so a reply is
+# never malformed (the 135M model otherwise answers with chatter or repeats the answer).
+QUESTION_REGEX = r"(What|How|Why|When|Which|Where|Who|Can|Does|Is|Are|Do|Should) [^?\n]{10,140}\?"
+QUESTION_PROMPT = "{text}\n\nAnswer: {answer}\n\nWrite the question about {subject} that is answered by the answer above."
+PAIRS_SCHEMA = {"type": "array", "minItems": 1, "items": {
+    "type": "object", "additionalProperties": False, "required": ["question", "answer", "evidence"],
+    "properties": {"question": {"type": "string"}, "answer": {"type": "string"}, "evidence": {"type": "string"}}}}
+LABELLED_REGEX = r"Question: [^\n]{10,200}\?\nAnswer: [^\n]{8,600}"
 
-    config = HttpRequestProcessorConfig(
-        url=base_url.rstrip("/") + "/chat/completions", headers=bearer(api_key), batch_size=g.batch_size,
-        concurrency=g.concurrency, qps=g.qps, max_retries=g.max_retries,
-        base_retry_wait_time_in_s=g.retry_wait_s, session_factory=_session_factory(g.timeout_s),
-        http_request_stage={"num_cpus": 0.1},  # I/O bound: the engine needs the cores
-    )
-    n, temperature, max_tokens = g.pairs_per_chunk, g.temperature, g.max_tokens
-
-    stop = stop_strings(n, style)
-
-    def pre(row: dict[str, Any]) -> dict[str, Any]:
-        payload = {"model": model, "messages": build_messages(row, n, style), "temperature": temperature,
-                   "max_tokens": max_tokens, "seed": 0}
-        return {"payload": {**payload, "stop": stop} if stop else payload}
-
-    def post(row: dict[str, Any]) -> dict[str, Any]:
-        content, error = response_text(row.get("http_response"))
-        return {"chunk_id": row["chunk_id"], "output": content, "error": error}
-
-    return build_processor(config, preprocess=pre, postprocess=post)
+_CONNECTIVE = re.compile(r"^(?:However|But|And|Also|So|Thus|Then|This|That|These|Those|It|Its|They|Their|Here|There|"
+                         r"Such|Otherwise|Instead|Similarly|In this case|In that case|For example|Note|See|E\.g\.|"
+                         r"Likewise|Moreover|Furthermore|Therefore|Hence|Alternatively|Finally|First|Second|Next)\b")
+_ANSWERISH = re.compile(r"\b(?:is|are|was|can|cannot|will|must|should|may|does|do|means|allows?|lets?|uses?|"
+                        r"returns?|creates?|shows?|makes?|sets?|tells?|causes?|prevents?|requires?|defaults?)\b")
 
 
-def vllm_processor(g: GenerationConfig, model_path: str, style: str, engine_kwargs: dict[str, Any],
-                   use_gpu: bool) -> Any:
+def answer_passages(text: str, limit: int, min_words: int = 8, max_words: int = 60) -> list[str]:
+    """Up to ``limit`` sentences of ``text`` that read as an answer on their own, spread over the text.
+
+    Prose only (no headings, code, lists, tables); a whole sentence of ``min_words``..``max_words``
+    words that starts like a statement (a capital, not a connective or pronoun that needs the sentence
+    before it) and says something (a verb of the answering kind), and that the statement extractor
+    cannot already turn into a question by rule. Each is an exact slice of ``text``.
+    """
+    from app.data.formats import fence_state
+
+    candidates: list[tuple[float, int, str]] = []
+    fence, offset = "", 0
+    for block in re.split(r"(\n\s*\n)", text):
+        lines = block.split("\n")
+        in_code = False
+        for line in lines:
+            after = fence_state(line, fence)
+            in_code = in_code or bool(fence or after)
+            fence = after
+        first = block.lstrip()
+        if in_code or not first or first.startswith(("#", "|", "<", ">", "    ", "\t", "- ", "* ", "+ ", ": ", "```", "~~~")) \
+                or re.match(r"\d+[.)] ", first):
+            offset += len(block)
+            continue
+        for s_start, s_end in _sentences(block):
+            sent = " ".join(block[s_start:s_end].split())
+            words = sent.split()
+            if not (min_words <= len(words) <= max_words) or not sent[0].isupper() or _CONNECTIVE.match(sent) \
+                    or not sent.endswith((".", "!")):
+                continue
+            if statement_question(sent):
+                continue  # the statement extractor turns it into a question by rule already
+            named = len(re.findall(r"`[^`]+`|\b[A-Z][a-z]+[A-Z]\w*|\b\w+\(\)|--?[a-z][\w-]+", sent))
+            if not named and not _ANSWERISH.search(sent.lower()):
+                continue
+            candidates.append((1.0 + 0.5 * min(named, 2) - abs(len(words) - 22) / 40, offset + s_start, sent))
+        offset += len(block)
+    if not candidates:
+        return []
+    # The best ones, then put back in reading order; ties keep earlier sentences.
+    best = sorted(candidates, key=lambda c: (-c[0], c[1]))[:limit]
+    return [c[2] for c in sorted(best, key=lambda c: c[1])]
+
+
+_SUBJECT = re.compile(r"^(?:The |A |An )?((?:`[^`]+`|[\w<>.:/-]+)(?: (?:`[^`]+`|[\w<>.:/-]+)){0,5}?) "
+                      r"(is|are|can|cannot|will|must|should|may|does|do|means|allows|lets|uses|returns|creates|shows|"
+                      r"makes|sets|tells|causes|prevents|requires|defaults|controls|specifies|determines|contains|"
+                      r"stores|records|prints|writes|reads|runs|takes|gives|holds|points|refers|describes|enables|"
+                      r"disables|limits|overrides|applies|accepts)\b")
+_CONDITION = re.compile(r"^(If|When|Unless|Without|With) ")
+_PRONOUN_START = re.compile(r"^(?:You|We|I|It|They|He|She|This|These|That|Those|There|Here|One)\b")
+_KEY_TERM = re.compile(r"`[^`\n]{2,40}`|--[a-z][\w-]+|\b[a-z]+(?:\.[a-zA-Z]+)+\b|\b[a-z]+-[a-z]+(?:-[a-z]+)*\b")
+_BE = {"is": "is", "are": "are"}
+
+
+_FUNCTION_WORDS = ("the", "a", "an", "of", "to", "in", "for", "with", "on", "by", "from", "when", "if", "and", "or",
+                   "not", "it", "its", "is", "are", "be", "used", "use", "do", "does", "which", "that", "this", "git")
+
+
+def _vocabulary(answer: str, limit: int = 48) -> str:
+    """A regex alternation of the words a question about ``answer`` may use: the answer's own words
+    (and code spans, whole) plus a few function words."""
+    words: list[str] = []
+    for w in re.findall(r"`[^`\n]{1,40}`|[A-Za-z][\w.<>/-]*[\w>]|[A-Za-z]", answer):
+        w = w.rstrip(".")
+        if re.fullmatch(r"[A-Za-z][a-z]{3,}s", w) and not w.endswith("ss"):  # "replaces": the question says "replace"
+            words.append(_base_verb(w.lower()))
+        if w and w.lower() not in (x.lower() for x in words):
+            words.append(w if w.startswith("`") or not w[0].isupper() or w.isupper() or re.search(r"[A-Z]", w[1:])
+                         else w.lower())
+    words = words[:limit] + [f for f in _FUNCTION_WORDS if f not in words]
+    return "(" + "|".join(re.escape(w) for w in sorted(set(words), key=lambda x: (-len(x), x))) + ")"
+
+
+def question_guide(answer: str) -> str:
+    """The pattern the question to ``answer`` must match: anchored on what the answer is about, in
+    the answer's own words.
+
+    A small model asked freely for "the question this sentence answers" writes questions about
+    anything, or garbles names. Held to the sentence's subject ("What does the `--amend` option
+    ...?"), its condition ("What happens if ...?") or its key term, and to words the answer itself
+    uses, it can only choose and order them: the question is grounded by construction.
+    """
+    vocab = _vocabulary(answer)
+    words = lambda lo, hi: f"( {vocab}){{{lo},{hi}}}"  # noqa: E731 - a pattern, not logic
+    if _CONDITION.match(answer):
+        return rf"What happens (if|when|unless|without|with){words(2, 14)}\?"
+    m = _SUBJECT.match(answer)
+    if m and not _CONNECTIVE.match(answer) and not _PRONOUN_START.match(answer):
+        subject, verb = m.group(1), m.group(2)
+        first, _, rest = subject.partition(" ")
+        if not (first.startswith("`") or first.isupper() or re.search(r"[A-Z]", first[1:])):
+            subject = (first[0].lower() + first[1:] + (" " + rest if rest else "")).strip()
+        article = r"(the |a |an )?"
+        if verb in _BE:
+            return rf"(What|Which|Why|When|How) {verb} {article}{re.escape(subject)}{words(0, 8)}\?"
+        aux = "do" if verb == "do" or not verb.endswith("s") else "does"
+        aux = {"can": "can", "cannot": "can", "will": "will", "must": "must", "should": "should", "may": "may"}.get(verb, aux)
+        return rf"(What|Which|Why|When|How) {aux} {article}{re.escape(subject)}{words(1, 8)}\?"
+    t = _KEY_TERM.search(answer)
+    if t:
+        return rf"(What|Which|Why|When|How|Where|Who) (is|are|does|do|can|should){words(0, 6)} {re.escape(t.group(0))}{words(0, 6)}\?"
+    return rf"(What|Which|Why|When|How|Where|Who) (is|are|does|do|can|should){words(2, 12)}\?"
+
+
+def subject_of(chunk: dict[str, Any]) -> str:
+    """What questions about this chunk should name: its document's title without man-page numbers."""
+    title = re.sub(r"\(\d\)|\bManual Page\b", "", chunk.get("doc_title") or "").strip(" -:")
+    return title or "this topic"
+
+
+def question_messages(chunk: dict[str, Any], answer: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": QUESTION_PROMPT.format(text=chunk["text"], answer=answer, subject=subject_of(chunk))}]
+
+
+def parse_questions(text: str) -> list[str]:
+    """The distinct questions in the model's reply, in order (one per candidate with guided decoding)."""
+    if not text or not text.strip():
+        raise ParseError("empty output")
+    try:
+        value = json.loads(text)
+        if isinstance(value, dict) and isinstance(value.get("question"), str):
+            text = value["question"]
+    except ValueError:
+        pass
+    found, seen = [], set()
+    for m in re.finditer(r"[A-Z][^?\n]{5,300}\?", text.replace("Question:", "\n")):
+        q = " ".join(m.group(0).split())
+        if normalize_text(q) not in seen:
+            seen.add(normalize_text(q))
+            found.append(q)
+    if not found:
+        raise ParseError(f"no question found in output: {text.strip()[:120]!r}")
+    return found
+
+
+def parse_question(text: str) -> str:
+    """The first question in the model's reply."""
+    return parse_questions(text)[0]
+
+
+def question_rows(request: dict[str, Any], output: str, error: str, origin: str) -> list[dict[str, Any]]:
+    """The rows of one answer-first request: one pair per candidate question (the quality checks keep
+    the one that points at its answer best), or one rejected row saying what went wrong."""
+    base = {k: request[k] for k in ("doc_id", "doc_path", "doc_title", "section", "chunk_id", "topic")}
+    base.update(context=request["text"], generator="llm_question", origin=origin, evidence=request["answer"],
+                answer=request["answer"], raw_output=output[:2000], evidence_from="passage")
+    if error:
+        return [{**base, "pair_id": pair_id("llm_question", request["chunk_id"], "!error " + request["answer"]),
+                 "question": "", "parse_error": f"request failed: {error}"}]
+    try:
+        questions = parse_questions(output)
+    except ParseError as exc:
+        return [{**base, "pair_id": pair_id("llm_question", request["chunk_id"], "!unparsed " + request["answer"]),
+                 "question": "", "parse_error": f"malformed model output: {exc}"}]
+    return [{**base, "pair_id": pair_id("llm_question", request["doc_id"], q), "question": q, "parse_error": ""}
+            for q in questions]
+
+
+def question_row(request: dict[str, Any], output: str, error: str, origin: str) -> dict[str, Any]:
+    """The first row of :func:`question_rows` (one candidate)."""
+    return question_rows(request, output, error, origin)[0]
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+
+def plan_requests(chunk: dict[str, Any], g: GenerationConfig, model: str) -> list[dict[str, Any]]:
+    """The chat requests for one chunk, each with ``key``: a hash of everything that decides its
+    answer (model, messages, sampling, guidance), so a cached answer is reused only for the same request."""
+    guide: dict[str, Any] = {}
+    guides: list[str] = []
+    if g.mode == "answer_first":
+        items = [(question_messages(chunk, a), a) for a in answer_passages(chunk["text"], g.answers_per_chunk)]
+        guides = [question_guide(a) if g.guided else "" for _, a in items]
+        stop: list[str] = ["\n"]
+        max_tokens = min(g.max_tokens, 64)
+    else:
+        items = [(build_messages(chunk, g.pairs_per_chunk, g.prompt_style), "")]
+        stop = stop_strings(g.pairs_per_chunk, g.prompt_style)
+        max_tokens = g.max_tokens
+        if g.guided and g.prompt_style == "json":
+            guide = {"response_format": {"type": "json_schema", "json_schema": {"name": "qa_pairs", "schema": PAIRS_SCHEMA}}}
+        elif g.guided and g.pairs_per_chunk == 1:
+            guide = {"structured_outputs": {"regex": LABELLED_REGEX}}
+    out = []
+    for i, (messages, answer) in enumerate(items):
+        if guides and guides[i]:
+            guide = {"structured_outputs": {"regex": guides[i]}}
+        body = {"model": model, "messages": messages, "temperature": g.temperature, "max_tokens": max_tokens,
+                "seed": 0, **({"stop": stop} if stop else {}), **guide}
+        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]
+        out.append({"key": key, "chunk_id": chunk["chunk_id"], "answer": answer, "body": json.dumps(body)})
+    return out
+
+
+class ChatRequester:
+    """Ray Data actor: posts each row's chat request (``body``, JSON) and returns ``output`` / ``error``.
+
+    Up to ``inflight`` requests at once per actor. 408/429/5xx, connection errors and timeouts are
+    retried ``max_retries`` times with exponential backoff; what still fails, or answers 4xx, or
+    answers something that is not a chat completion, comes back as ``error`` with its reason.
+    """
+
+    RETRY = {408, 429, 500, 502, 503, 504}
+
+    LATE = "!late"  # the marker of a request left unasked because the deadline had passed
+
+    def __init__(self, url: str, api_key: str | None, timeout_s: float, max_retries: int, retry_wait_s: float,
+                 inflight: int, deadline: float | None = None):
+        self.url, self.timeout_s, self.deadline = url, timeout_s, deadline
+        self.max_retries, self.retry_wait_s, self.inflight = max_retries, retry_wait_s, inflight
+        self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+
+    async def _one(self, session: Any, sem: Any, body: str) -> tuple[str, str]:
+        import asyncio
+
+        import httpx
+
+        last = ""
+        async with sem:
+            for attempt in range(self.max_retries + 1):
+                if attempt:
+                    await asyncio.sleep(self.retry_wait_s * 2 ** (attempt - 1))
+                timeout = self.timeout_s
+                if self.deadline is not None:  # the first wave ends on time, whatever the endpoint does
+                    left = self.deadline - time.time()
+                    if left <= 0:
+                        return "", last if attempt else self.LATE
+                    timeout = min(timeout, max(left, 1.0))
+                try:
+                    r = await session.post(self.url, content=body, headers=self.headers, timeout=timeout)
+                except httpx.TimeoutException:
+                    last = f"timed out after {timeout:g} s"
+                    continue
+                except httpx.HTTPError as exc:
+                    last = f"{type(exc).__name__}: {exc}"[:300]
+                    continue
+                if r.status_code in self.RETRY:
+                    last = f"endpoint error: HTTP {r.status_code} {r.text[:300]}"
+                    continue
+                try:
+                    payload = r.json()
+                except ValueError:
+                    payload = None
+                if r.status_code != 200 or not isinstance(payload, dict):
+                    return "", f"endpoint error: HTTP {r.status_code} {r.text[:300] or '(empty body)'}"
+                if len(payload.get("choices") or []) > 1:  # n candidates: one per line
+                    texts = [response_text({"choices": [c]}) for c in payload["choices"]]
+                    joined = "\n".join(" ".join(t.split()) for t, err in texts if not err)
+                    return joined, "" if joined else texts[0][1]
+                return response_text(payload)
+        return "", f"{last} ({self.max_retries + 1} tries)"
+
+    async def _all(self, bodies: list[str]) -> list[tuple[str, str]]:
+        import asyncio
+
+        import httpx
+
+        sem = asyncio.Semaphore(self.inflight)
+        async with httpx.AsyncClient() as session:
+            return await asyncio.gather(*(self._one(session, sem, b) for b in bodies))
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import asyncio
+
+        import numpy as np
+
+        results = asyncio.run(self._all([str(b) for b in batch["body"]]))
+        return {"key": batch["key"], "output": np.array([r[0] for r in results], dtype=object),
+                "error": np.array([r[1] for r in results], dtype=object)}
+
+
+def vllm_processor(g: GenerationConfig, model_path: str, engine_kwargs: dict[str, Any], use_gpu: bool) -> Any:
+    """ray.data.llm's vLLM processor over planned requests (rows with ``key`` and ``body``)."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     kwargs: dict[str, Any] = {}
@@ -293,16 +569,18 @@ def vllm_processor(g: GenerationConfig, model_path: str, style: str, engine_kwar
     config = vLLMEngineProcessorConfig(
         model_source=model_path, batch_size=g.batch_size, concurrency=g.concurrency,
         engine_kwargs=engine_kwargs, should_continue_on_error=True, **kwargs)
-    n, temperature, max_tokens = g.pairs_per_chunk, g.temperature, g.max_tokens
-
-    stop = stop_strings(n, style)
 
     def pre(row: dict[str, Any]) -> dict[str, Any]:
-        params = {"temperature": temperature, "max_tokens": max_tokens, "seed": 0}
-        return {"messages": build_messages(row, n, style), "sampling_params": {**params, "stop": stop} if stop else params}
+        body = json.loads(row["body"])
+        params = {k: body[k] for k in ("temperature", "max_tokens", "seed", "stop", "n") if k in body}
+        if "structured_outputs" in body:
+            params["structured_outputs"] = body["structured_outputs"]
+        elif "response_format" in body:
+            params["structured_outputs"] = {"json": body["response_format"]["json_schema"]["schema"]}
+        return {"messages": body["messages"], "sampling_params": params}
 
     def post(row: dict[str, Any]) -> dict[str, Any]:
         error = row.get("__inference_error__") or ""
-        return {"chunk_id": row["chunk_id"], "output": row.get("generated_text") or "", "error": str(error)}
+        return {"key": row["key"], "output": row.get("generated_text") or "", "error": str(error)}
 
     return build_processor(config, preprocess=pre, postprocess=post)

@@ -8,7 +8,9 @@ Per-pair checks (run on Ray Data, :class:`QualityScorer`):
     the source chunk (lexical), and the answer
     is close to its evidence passage in all-MiniLM-L6-v2 space (semantic); the question's content
     words appear in the chunk too (a question about something the chunk never names is invented);
-  * relevance: the answer is close to the question in embedding space.
+  * relevance: the answer is close to the question in embedding space;
+  * for model-written questions, a round trip: of the chunk's sentences, the answer's is the one
+    closest to the question (else the question asks about something else in the chunk).
 Across pairs (:func:`deduplicate`, on the driver): exact duplicates (normalized question) and near
 duplicates (question and answer both close in embedding space); the better-grounded copy stays.
 """
@@ -35,7 +37,9 @@ _PRONOUN = re.compile(r"\b(it|its|they|them|their|he|she|his|her|this|these|thos
 # A code span or quoted name resolves "it": "What does `x()` return when it fails?" is fine.
 _NAMED = re.compile(r"`[^`]+`|\"[^\"]+\"|'[^']+'|\b[A-Za-z_]+\.[A-Za-z_]+|\b[a-z_]+\(\)")
 # Generator preference when duplicates collide: what a person wrote or checked beats what a model wrote.
-_PREFERENCE = {"faq": 1, "heading_question": 2, "definition": 3, "llm": 4}
+_PREFERENCE = {"faq": 1, "heading_question": 2, "definition": 3, "section": 3, "signature": 3, "term": 3, "example": 3,
+               "statement": 3,
+               "llm_question": 4, "llm": 5}
 
 
 def content_words(text: str) -> list[str]:
@@ -85,6 +89,8 @@ def form_problems(question: str, answer: str, q: QualityConfig) -> list[str]:
         problems.append(f"question too short ({len(q_words)} < {q.min_question_words} words)")
     if len(q_words) > q.max_question_words:
         problems.append(f"question too long ({len(q_words)} > {q.max_question_words} words)")
+    if repeated_ngram_share(question, 3) > 0:
+        problems.append("question repeats itself")
     if _TEXT_REFERENCE.search(question):
         problems.append("question refers to the source text instead of standing alone")
     elif _PRONOUN.search(question) and not _NAMED.search(question) and len(content_words(question)) < 3:
@@ -103,6 +109,33 @@ def form_problems(question: str, answer: str, q: QualityConfig) -> list[str]:
     return problems
 
 
+MODEL_GENERATORS = ("llm", "llm_question")
+
+
+def answer_ranks(questions: list[str], passages: list[str], contexts: list[str], vq: np.ndarray, vp: np.ndarray,
+                 which: np.ndarray) -> list[float]:
+    """For the rows in ``which``: 1 + the number of the context's sentences (outside the answer's
+    passage) closer to the question than the passage is; NaN for the other rows."""
+    from app.data.generate import _sentences
+
+    ranks = [float("nan")] * len(questions)
+    items = []
+    for i in np.flatnonzero(which):
+        passage = " ".join(passages[i].split())
+        others = [" ".join(contexts[i][a:b].split()) for a, b in _sentences(contexts[i])]
+        others = [x for x in others if len(x.split()) >= 3 and x not in passage and passage not in x]
+        items.append((i, others))
+    flat = [x for _, others in items for x in others]
+    vs = embed(flat) if flat else np.zeros((0, 384), np.float32)
+    k = 0
+    for i, others in items:
+        sims = vs[k:k + len(others)] @ vq[i]
+        k += len(others)
+        own = float(vp[i] @ vq[i])
+        ranks[i] = 1.0 + float((sims > own + 0.02).sum())  # a near tie is not a different answer
+    return ranks
+
+
 def score_frame(df: pd.DataFrame, q: QualityConfig) -> pd.DataFrame:
     """Scores and verdict for a batch of pairs (the body of :class:`QualityScorer`)."""
     df = df.copy()
@@ -115,6 +148,8 @@ def score_frame(df: pd.DataFrame, q: QualityConfig) -> pd.DataFrame:
     df["score_question_grounding"] = [coverage(content_words(x), c) for x, c in zip(questions, df["context"])]
     df["q_embedding"] = list(vq)
     df["a_embedding"] = list(va)
+    model_written = df["generator"].isin(MODEL_GENERATORS).to_numpy() if "generator" in df else np.zeros(len(df), bool)
+    df["score_answer_rank"] = answer_ranks(questions, passages, df["context"].fillna("").tolist(), vq, vp, model_written)
     parse_errors = df["parse_error"].fillna("") if "parse_error" in df else pd.Series([""] * len(df), index=df.index)
     reasons = []
     for i, (question, answer, perr) in enumerate(zip(questions, answers, parse_errors)):
@@ -131,6 +166,11 @@ def score_frame(df: pd.DataFrame, q: QualityConfig) -> pd.DataFrame:
             why.append(f"question about terms the chunk does not contain ({row['score_question_grounding']:.2f} < {q.min_question_grounding})")
         if row["score_relevance"] < q.min_relevance:
             why.append(f"answer unrelated to the question (cosine {row['score_relevance']:.2f} < {q.min_relevance})")
+        elif model_written[i] and row["score_relevance"] < q.min_model_question_relevance:
+            why.append(f"model-written question far from its answer (cosine {row['score_relevance']:.2f} < "
+                       f"{q.min_model_question_relevance})")
+        if model_written[i] and q.question_points_at_answer and row["score_answer_rank"] > 1:
+            why.append(f"question points at another sentence of the chunk (its answer ranks {row['score_answer_rank']:.0f})")
         reasons.append("; ".join(why))
     df["reject_reason"] = reasons
     df["accepted"] = [not r for r in reasons]

@@ -5,7 +5,8 @@ Keys (all strings unless noted):
                    edits elsewhere in the document (chunk numbers shift; the document id is its path)
     question, answer
     evidence       the passage of the source chunk that supports the answer ("" when the generator gave none)
-    generator      "llm" | "faq" | "heading_question" | "definition"
+    generator      "llm" (the model wrote question and answer) | "llm_question" (the model wrote the question
+                   of an answer sentence taken from the chunk) | an extraction kind (app.data.extract.KINDS)
     origin         free text: the model id for llm pairs, the extraction rule otherwise
     doc_id, doc_path, doc_title, section   the source document and the heading path inside it
     chunk_id, context   the source chunk (context = its text, what the model sees at training time)
@@ -22,7 +23,7 @@ class DatasetError(RuntimeError):
     """The dataset cannot be built as configured; the message says what to change."""
 
 
-GENERATORS = ("llm", "faq", "heading_question", "definition")
+GENERATORS = ("llm", "llm_question", "faq", "heading_question", "definition", "section", "signature", "term", "example", "statement")
 PAIR_KEYS = ("pair_id", "question", "answer", "evidence", "generator", "origin", "doc_id", "doc_path", "doc_title",
              "section", "chunk_id", "context", "topic")
 

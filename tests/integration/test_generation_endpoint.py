@@ -1,4 +1,4 @@
-"""LLM generation through ray.data.llm's HTTP processor against an endpoint that misbehaves.
+"""LLM generation through the HTTP request actors against an endpoint that misbehaves.
 
 A real HTTP server on localhost answers each prompt in one of several ways (in turn, by the order
 in which prompts first arrive, so 14 prompts get each answer twice): a good completion, a completion with no QA pair in it, a JSON 400 error, an HTML 500 page,
@@ -8,6 +8,7 @@ record every failure as a rejected row with its reason, and keep the good pairs.
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from tests.conftest import free_port, run_cli, summary_json
 
 pytestmark = pytest.mark.integration
 
-MODES = ["good", "garbage", "json_400", "html_500", "not_json", "empty", "retry_503"]
+MODES = ["good", "garbage", "json_400", "html_500", "not_json", "empty", "retry_503", "timeout"]
+TIMEOUT_S = 1.5
 
 
 ASSIGNED: dict[str, str] = {}
@@ -30,6 +32,7 @@ def mode_of(prompt: str) -> str:
 
 
 class Endpoint(BaseHTTPRequestHandler):
+    recovered = False  # the timing-out prompts answer once this is set (the endpoint came back)
     seen: dict[str, int] = {}
     answered: list[str] = []
     lock = threading.Lock()
@@ -59,7 +62,10 @@ class Endpoint(BaseHTTPRequestHandler):
         def completion(text):
             return json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
 
-        if mode == "good" or (mode == "retry_503" and not first):
+        if mode == "timeout" and not Endpoint.recovered:
+            time.sleep(TIMEOUT_S * 2)  # past the client's timeout: every try of this prompt times out
+            return self.send(504, b"too late", "text/plain")
+        if mode == "good" or (mode == "retry_503" and not first) or mode == "timeout":
             words = " ".join(prompt.split()[:8])
             self.send(200, completion(f"Question: What does the documentation say about {words}?\n"
                                       f"Answer: {prompt[300:600]}"))
@@ -83,39 +89,82 @@ def endpoint():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     Endpoint.seen.clear()
     Endpoint.answered.clear()
+    Endpoint.recovered = False
     ASSIGNED.clear()
     yield f"http://127.0.0.1:{server.server_port}/v1"
     server.shutdown()
 
 
-def test_bad_responses_become_rejected_rows_not_a_failed_job(endpoint, tmp_path, mlflow_uri, stored_model):
-    docs = tmp_path / "docs"
-    export_stdlib_docs(docs, progress=lambda _: None, modules=["heapq", "bisect", "textwrap", "json", "shutil", "glob", "fnmatch"],
-                       topics=["if", "while", "for", "try"])
-    sets = ["--set", "data.name=flaky", "--set", "data.generation.backend=http", "--set", f"data.generation.url={endpoint}",
-            "--set", "data.generation.model=fake-model", "--set", "data.generation.max_chunks=14",
+def flaky_sets(endpoint, tmp_path, *extra):
+    return ["--set", "data.name=flaky", "--set", "data.generation.backend=http", "--set", f"data.generation.url={endpoint}",
+            "--set", "data.generation.model=fake-model", "--set", "data.generation.max_chunks=16",
+            "--set", "data.generation.mode=pairs", "--set", "data.generation.guided=false",
             "--set", "data.generation.max_retries=2", "--set", "data.generation.retry_wait_s=0.2",
+            "--set", f"data.generation.timeout_s={TIMEOUT_S}",
             "--set", "data.target_pairs=1", "--set", "data.min_test_pairs=0", "--set", "data.extract=[]",
             "--set", "data.quality.min_lexical_grounding=0", "--set", "data.quality.min_semantic_grounding=-1",
             "--set", "data.quality.min_relevance=-1", "--set", "data.quality.min_question_grounding=0",
-            "--set", f"data.review_db=sqlite:///{tmp_path / 'review.db'}"]
-    proc = run_cli("app", "dataset", "build", "--docs", str(docs), *sets, env={"RAY_ADDRESS": ""}, timeout=900)
+            "--set", f"data.review_db=sqlite:///{tmp_path / 'review.db'}", *extra]
+
+
+@pytest.fixture
+def docs(tmp_path):
+    docs = tmp_path / "docs"
+    export_stdlib_docs(docs, progress=lambda _: None, modules=["heapq", "bisect", "textwrap", "json", "shutil", "glob", "fnmatch"],
+                       topics=["if", "while", "for", "try"])
+    return docs
+
+
+def test_bad_responses_become_rejected_rows_not_a_failed_job(endpoint, docs, tmp_path, mlflow_uri, stored_model):
+    proc = run_cli("app", "dataset", "build", "--docs", str(docs), *flaky_sets(endpoint, tmp_path),
+                   env={"RAY_ADDRESS": ""}, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = Path(summary_json(proc.stdout)["path"])
     manifest = json.loads((out / "manifest.json").read_text())
     modes = {mode_of(p) for p in Endpoint.seen}
-    assert len(Endpoint.seen) == manifest["generation"]["requests"] == 14
+    assert len(Endpoint.seen) == manifest["generation"]["requests"] == 16
     assert modes == set(MODES)
-    failed = sum(mode_of(p) in ("json_400", "html_500", "not_json", "empty") for p in Endpoint.seen)
+    failed = sum(mode_of(p) in ("json_400", "html_500", "not_json", "empty", "timeout") for p in Endpoint.seen)
     assert manifest["generation"]["request_errors"] == failed
     rejected = pd.read_json(out / "rejected.jsonl", lines=True)
     reasons = " | ".join(rejected["reject_reason"])
     assert "400" in reasons and "prompt too long" in reasons
     assert "Internal Server Error" in reasons
     assert "no question/answer found" in reasons
+    assert f"request failed: timed out after {TIMEOUT_S:g} s (3 tries)" in reasons
     kept = pd.concat(pd.read_parquet(out / f"{s}.parquet") for s in ("train", "validation", "test"))
     good = sum(mode_of(p) in ("good", "retry_503") for p in Endpoint.seen)
     assert good and len(kept) == good and kept["question"].str.startswith("What does the documentation say").all()
     assert "request failed: endpoint error" in reasons
-    # Each 503 was retried once and then answered.
-    assert all(n == (2 if mode_of(p) == "retry_503" else 1) for p, n in Endpoint.seen.items())
+    # Each 503 was retried once and then answered; each timing-out prompt was tried three times.
+    tries = {"retry_503": 2, "timeout": 3}
+    assert all(n == tries.get(mode_of(p), 1) for p, n in Endpoint.seen.items())
+
+    # The next build with the same dataset name reuses every answer it received (kept as they
+    # arrived) and asks the endpoint again only for what failed; now that it answers, those pairs join.
+    before = dict(Endpoint.seen)
+    Endpoint.recovered = True
+    proc = run_cli("app", "dataset", "build", "--docs", str(docs), *flaky_sets(endpoint, tmp_path),
+                   env={"RAY_ADDRESS": ""}, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    again = {p: n - before.get(p, 0) for p, n in Endpoint.seen.items() if n > before.get(p, 0)}
+    assert again and {mode_of(p) for p in again} <= {"json_400", "html_500", "not_json", "empty", "timeout"}
+    assert not any(mode_of(p) in ("good", "garbage", "retry_503") for p in again)
+    manifest = json.loads((Path(summary_json(proc.stdout)["path"]) / "manifest.json").read_text())
+    assert manifest["generation"]["cached"] == 16 - failed
+    assert manifest["quality"]["llm"]["accepted"] == good + sum(mode_of(p) == "timeout" for p in Endpoint.seen)
+
+
+def test_an_unreachable_target_fails_after_the_first_wave_with_the_estimate(endpoint, docs, tmp_path, mlflow_uri,
+                                                                           stored_model):
+    """A corpus that cannot reach data.target_pairs fails once the first requests show the yield,
+    naming the estimate and the settings that change it, and leaves what it got in the cache."""
+    sets = flaky_sets(endpoint, tmp_path, "--set", "data.target_pairs=5000", "--set", "data.generation.max_chunks=null",
+                      "--set", "data.generation.estimate_requests=16", "--set", "data.generation.min_chunks=0")
+    started = time.time()
+    proc = run_cli("app", "dataset", "build", "--docs", str(docs), *sets, env={"RAY_ADDRESS": ""}, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "cannot reach data.target_pairs=5000" in out, out[-3000:]
+    assert "the estimate is" in out and "data.generation.answers_per_chunk" in out and "Traceback" not in out
+    assert len(Endpoint.seen) == 16  # one wave, then the verdict: not every chunk of the corpus
+    assert time.time() - started < 300

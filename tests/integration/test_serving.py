@@ -68,6 +68,31 @@ def test_a_garbling_setting_is_refused_by_the_gate(stored_model):
         httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).raise_for_status()
 
 
+def test_a_failed_build_removes_the_app_it_deployed(stored_model, mlflow_uri, tmp_path):
+    """Runs before the module's deployment: `app dataset build` deploys the model for generation, every
+    request times out (the endpoint is too slow for data.generation.timeout_s), the build fails with
+    the yield estimate, and the app and its engine are gone afterwards, as after a successful build."""
+    from app.data.corpus import export_stdlib_docs
+    from app.serving.manager import local_engine_pids
+
+    docs = tmp_path / "docs"
+    export_stdlib_docs(docs, progress=lambda _: None, modules=["heapq", "bisect"], topics=["if", "while"])
+    sets = ["--set", f"serving.port={PORT}", "--set", "serving.kv_cache_gib=1", "--set", "serving.engine_mode=eager",
+            "--set", "data.name=timing-out", "--set", "data.generation.timeout_s=0.01",
+            "--set", "data.generation.max_retries=1", "--set", "data.generation.retry_wait_s=0.1",
+            "--set", "data.generation.estimate_requests=8", "--set", "data.extract=[]", "--set", "data.target_pairs=500",
+            "--set", f"data.review_db=sqlite:///{tmp_path / 'review.db'}"]
+    env = {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": ""}
+    proc = run_cli("app", "dataset", "build", "--docs", str(docs), *sets, env=env, timeout=1200)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "cannot reach data.target_pairs=500" in out, out[-3000:]
+    assert "timed out after 0.01 s" in json.dumps(out) or "0 accepted so far" in out, out[-3000:]
+    assert "removing the Serve app this build deployed for generation" in out
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{PORT}/v1/models", timeout=10).raise_for_status()
+    assert local_engine_pids() == []
+
+
 def client(served, key=KEY):
     return OpenAI(base_url=f"{served['url']}/v1", api_key=key, max_retries=0, timeout=120)
 

@@ -206,3 +206,28 @@ def test_pairs_from_a_parsed_html_file(tmp_path):
         ("definition", "In Serving handbook, what is autoscaler?"),
         ("heading_question", "Why Ray?"),
     ]
+
+
+def test_manual_kinds_section_signature_term_example():
+    text = ("# git-commit(1) Manual Page\n\n## DESCRIPTION\n\nCreate a new commit containing the current contents of "
+            "the index and the given log message.\n\n## Creating a branch\n\nA branch is created with git branch, "
+            "which points a new name at the current commit.\n\n## `parse(text, strict=False)`\n\nParse the text and "
+            "return the tree it describes, or raise on errors.\n\n## OPTIONS\n\nThese options are described below "
+            "in some detail for you.\n\nThe index holds what you stage. `HEAD` is the name of the commit that the "
+            "current branch points at.\n\nTo list every branch with its last commit, run:\n\n```\n$ git branch -v\n```\n")
+    pairs = extract_pairs(text, title="git-commit(1) Manual Page")
+    check(text, [p for p in pairs if p.kind != "example"])
+    # The same sentence as a term definition gives the same pair: kept once.
+    assert [p.kind for p in extract_pairs(text, "git-commit(1)", kinds=["term"])] == ["term"]
+    got = {(p.kind, p.question) for p in pairs}
+    assert got == {("section", "What does git-commit do?"),
+                   ("signature", "What does `parse()` do?"), ("statement", "What is `HEAD`?"),
+                   ("example", "How do I list every branch with its last commit?")}
+    example = next(p for p in pairs if p.kind == "example")
+    assert example.answer.startswith("To list every branch") and example.answer.endswith("git branch -v\n```")
+    assert text[example.start:example.end] == example.evidence
+
+
+def test_option_terms_name_the_option_and_the_page():
+    assert term_question("-a, --all", "git-commit(1)") == "What does the `--all` option of git-commit do?"
+    assert term_question("`--untracked`", "") == "What does the `--untracked` option do?"

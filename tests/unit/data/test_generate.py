@@ -65,3 +65,99 @@ def test_response_text_shapes():
     assert response_text({"error": {"status": 502, "body": "<html>"}})[1].startswith("endpoint error")
     assert "unexpected response shape" in response_text({"foo": 1})[1]
     assert response_text(None)[1].startswith("no response body")
+
+
+# -- answer-first generation ----------------------------------------------------------------------
+
+from app.config import GenerationConfig  # noqa: E402
+from app.data.generate import (answer_passages, parse_question, parse_questions, plan_requests,  # noqa: E402
+                               question_guide, question_row, question_rows)
+
+MANUAL = """# git-commit(1)
+
+## DESCRIPTION
+
+Create a new commit containing the current contents of the index and the given log message describing the changes. This is useful.
+
+It records that. The `--amend` option replaces the tip of the current branch by creating a new commit.
+
+```
+$ git commit --amend --no-edit
+```
+
+- a list item that is a long sentence which says the commit is recorded in the repository here.
+"""
+
+
+def test_answer_passages_are_whole_statements_from_prose_only():
+    found = answer_passages(MANUAL, limit=5)
+    # The `--amend` sentence is left out: the statement extractor asks its question by rule.
+    assert found == ["Create a new commit containing the current contents of the index and the given log message "
+                     "describing the changes."]
+    assert all(" ".join(a.split()) in " ".join(MANUAL.split()) for a in found)
+    # Sentences that need the one before ("This is useful.", "It records that."), code and lists are left out.
+    text = MANUAL.replace("The `--amend` option replaces", "Amending with `--amend` replaces")
+    assert answer_passages(text, limit=1) == ["Amending with `--amend` replaces the tip of the current branch by "
+                                              "creating a new commit."]  # names a code term: preferred
+    assert answer_passages("```\nThe code is a fenced block that is long enough to count here.\n```", 3) == []
+
+
+def test_parse_question_takes_the_first_question():
+    assert parse_question("What does `--amend` do?") == "What does `--amend` do?"
+    assert parse_question('{"question": "How is a commit created?"}') == "How is a commit created?"
+    assert parse_question("Question: What is the index in Git?\nAnswer: x") == "What is the index in Git?"
+    for bad in ("", "   ", "I am ready to help."):
+        with pytest.raises(ParseError):
+            parse_question(bad)
+
+
+def test_planned_requests_are_guided_and_keyed_by_what_decides_the_answer():
+    chunk = {"chunk_id": "c-0001", "doc_id": "c", "doc_path": "git-commit.md", "doc_title": "git-commit(1)",
+             "section": "DESCRIPTION", "topic": "t0", "text": MANUAL}
+    g = GenerationConfig()
+    reqs = plan_requests(chunk, g, "m")
+    assert len(reqs) == 1 and [r["answer"] for r in reqs] == answer_passages(MANUAL, 3)
+    import json
+    body = json.loads(reqs[0]["body"])
+    assert body["structured_outputs"] == {"regex": question_guide(reqs[0]["answer"])}
+    assert "about git-commit " in body["messages"][0]["content"]
+    assert plan_requests(chunk, g, "m") == reqs  # stable keys: the cache finds them again
+    assert plan_requests(chunk, g, "other")[0]["key"] != reqs[0]["key"]
+    assert "structured_outputs" not in json.loads(plan_requests(chunk, GenerationConfig(guided=False), "m")[0]["body"])
+    pairs = json.loads(plan_requests(chunk, GenerationConfig(mode="pairs", prompt_style="json"), "m")[0]["body"])
+    assert pairs["response_format"]["type"] == "json_schema"
+
+    row = question_row({**chunk, "answer": reqs[0]["answer"]}, "What does the `--amend` option of git commit do?", "", "llm:m")
+    assert row["generator"] == "llm_question" and row["answer"] == row["evidence"] == reqs[0]["answer"]
+    assert row["question"].startswith("What does") and not row["parse_error"]
+    failed = question_row({**chunk, "answer": reqs[0]["answer"]}, "", "timed out after 1 s (3 tries)", "llm:m")
+    assert failed["parse_error"] == "request failed: timed out after 1 s (3 tries)" and failed["question"] == ""
+    bad = question_row({**chunk, "answer": reqs[0]["answer"]}, "Sure.", "", "llm:m")
+    assert bad["parse_error"].startswith("malformed model output")
+
+
+@pytest.mark.parametrize("answer,good,bad", [
+    ("The `--amend` option replaces the tip of the current branch.",
+     "What does the `--amend` option replace?", "What does the `--amend` option do to branches in Git?"),
+    ("A `ref_record` describes a single reference.", "What does a `ref_record` describe?", "What is a record?"),
+    ("The index is a binary file that records the staged content.", "What is the index?", "What is Git?"),
+    ("If set to true, makes `git repack` act as if `--pack-kept-objects` was passed.",
+     "What happens if set to true?", "What is the answer to this question?"),
+    ("Defaults to `diff.submodule` or the short format if the config option is unset.",
+     "What is the default of `diff.submodule`?", "What is the default format?"),
+])
+def test_the_question_guide_anchors_on_what_the_answer_is_about(answer, good, bad):
+    import re
+    pattern = question_guide(answer)
+    assert re.fullmatch(pattern, good), pattern
+    assert not re.fullmatch(pattern, bad), pattern
+
+
+def test_several_candidate_questions_become_several_rows():
+    chunk = {"chunk_id": "c-0001", "doc_id": "c", "doc_path": "x.md", "doc_title": "x", "section": "", "topic": "t",
+             "text": MANUAL, "answer": "The `--amend` option replaces the tip of the current branch by creating a new commit."}
+    assert parse_questions("What does `--amend` do?\nWhat does `--amend` do?\nHow is the tip replaced?") == [
+        "What does `--amend` do?", "How is the tip replaced?"]
+    rows = question_rows(chunk, "What does `--amend` do?\nHow is the tip replaced?", "", "llm:m")
+    assert [r["question"] for r in rows] == ["What does `--amend` do?", "How is the tip replaced?"]
+    assert len({r["pair_id"] for r in rows}) == 2

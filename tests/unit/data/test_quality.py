@@ -53,3 +53,25 @@ def test_deduplicate_exact_and_near_keeps_the_preferred_copy():
     assert out.loc["a", "reject_reason"] == "exact duplicate of b"
     assert out.loc["c", "reject_reason"].startswith("near duplicate of")
     assert isinstance(out.loc["d", "q_embedding"], np.ndarray)
+
+
+def test_a_model_written_question_must_point_at_its_own_answer():
+    """The round trip: of the chunk's sentences, the answer's must be the closest to the question."""
+    import pandas as pd
+
+    from app.config import QualityConfig
+    from app.data.quality import score_frame
+
+    context = ("The `--amend` option replaces the tip of the current branch by creating a new commit. "
+               "The `--dry-run` option shows what would be committed without committing anything.")
+    answer = "The `--amend` option replaces the tip of the current branch by creating a new commit."
+    rows = [{"pair_id": str(i), "question": q, "answer": answer, "evidence": answer, "context": context,
+             "generator": gen, "parse_error": ""} for i, (q, gen) in enumerate([
+                 ("What does the `--amend` option of git commit do?", "llm_question"),
+                 ("What does the `--dry-run` option of git commit show?", "llm_question"),
+                 ("What does the `--dry-run` option of git commit show?", "definition")])]
+    scored = score_frame(pd.DataFrame(rows), QualityConfig())
+    assert scored.loc[0, "accepted"] and scored.loc[0, "score_answer_rank"] == 1
+    assert not scored.loc[1, "accepted"] and "points at another sentence" in scored.loc[1, "reject_reason"]
+    # Extracted pairs are not held to it (their question comes from the document's own structure).
+    assert "points at another sentence" not in scored.loc[2, "reject_reason"]
