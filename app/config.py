@@ -127,8 +127,8 @@ class GenerationConfig(_Section):
         "is malformed. Turn off for endpoints that are not vLLM.")
     answers_per_chunk: PositiveInt = Field(3, le=10, description="answer_first: answer sentences asked about per chunk.")
     min_chunks: int = Field(
-        100, ge=0, description="Chunks asked about even when extracted pairs already reach the target, so every "
-        "dataset has model-written questions.")
+        0, ge=0, description="Chunks asked about even when extracted pairs already reach the target (model-written "
+        "questions in every dataset); 0: the model is asked only when extraction falls short.")
     max_chunks: PositiveInt | None = Field(
         None, description="Chunks asked about at most (dealt round-robin across topics); None: as many as the target needs.")
     target_margin: float = Field(

@@ -282,6 +282,11 @@ def generate_pairs(cfg: ExperimentConfig, chunks: pd.DataFrame, model_path: Path
         where["base"], where["key"] = endpoint(cfg)
         info["endpoint"] = f"{where['base']} model {model}"
     need = math.ceil(d.target_pairs * g.target_margin)
+    if expected_extracted >= need and g.min_chunks == 0:
+        progress(f"  not asking the LLM: about {expected_extracted:.0f} extracted pairs are expected to pass, at least "
+                 f"target_pairs x target_margin = {need} (set data.generation.min_chunks to ask it anyway)")
+        info.update(skipped="extracted pairs reach the target", seconds=0.0)
+        return pd.DataFrame(), info
     progress(f"asking the LLM for questions ({g.mode}{', guided' if g.guided else ''}) over up to {len(order)} chunks "
              f"({info['endpoint']}); extracted pairs expected to pass: {expected_extracted:.0f}, aiming at {need}")
     cache = GenerationCache(datasets_root(cfg) / "generation-cache.jsonl")

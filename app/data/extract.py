@@ -257,9 +257,9 @@ _TERM_SENTENCE = re.compile(r"(?:(?:A|An|The)\s+)?(\*\*[^*\n]{2,60}\*\*|`[^`\n]{
                             r"(?:is|are|means|refers to|denotes|represents|stands for|describes)\s+\S")
 
 
-def _term_pairs(text: str, lines: list[_Line], title: str) -> list[ExtractedPair]:
-    """A sentence that opens with a term in bold or code and defines it ("`HEAD` is the ...")."""
-    pairs: list[ExtractedPair] = []
+def _prose_sentences(text: str, lines: list[_Line]) -> Iterable[tuple[int, int]]:
+    """(start, end) in ``text`` of each sentence of each prose paragraph (not code, lists, tables,
+    headings or definitions), leading whitespace skipped."""
     i = 0
     while i < len(lines):
         if _ends_block(lines[i]) or _SKIPPED.match(lines[i].text) or _NOT_PROSE.match(lines[i].text) \
@@ -269,22 +269,28 @@ def _term_pairs(text: str, lines: list[_Line], title: str) -> list[ExtractedPair
         j = i
         while j + 1 < len(lines) and not _ends_block(lines[j + 1]):
             j += 1
-        start, end = lines[i].start, lines[j].end
-        para = text[start:end]
-        bounds = [0] + [m.end() for m in _SENTENCE_END.finditer(para)]
-        for k, b in enumerate(bounds):
-            while b < len(para) and para[b].isspace():
-                b += 1
-            m = _TERM_SENTENCE.match(para, b)
-            if not m:
-                continue
-            stop = bounds[k + 1] if k + 1 < len(bounds) else len(para)
-            term = m.group(1)
-            question = term_question(term.strip("*") if term.startswith("**") else term, title)
-            pair = _pair(text, "term", question, start + b, start + b, start + stop)
-            if pair and len(pair.answer.split()) >= 6:
-                pairs.append(pair)
+        start, para = lines[i].start, text[lines[i].start:lines[j].end]
+        bounds = [0] + [m.end() for m in _SENTENCE_END.finditer(para)] + [len(para)]
+        for a, b in zip(bounds, bounds[1:]):
+            while a < b and para[a].isspace():
+                a += 1
+            if a < b:
+                yield start + a, start + b
         i = j + 1
+
+
+def _term_pairs(text: str, lines: list[_Line], title: str) -> list[ExtractedPair]:
+    """A sentence that opens with a term in bold or code and defines it ("`HEAD` is the ...")."""
+    pairs: list[ExtractedPair] = []
+    for a, b in _prose_sentences(text, lines):
+        m = _TERM_SENTENCE.match(text, a, b)
+        if not m:
+            continue
+        term = m.group(1)
+        question = term_question(term.strip("*") if term.startswith("**") else term, title)
+        pair = _pair(text, "term", question, a, a, b)
+        if pair and len(pair.answer.split()) >= 6:
+            pairs.append(pair)
     return pairs
 
 
@@ -398,29 +404,16 @@ def _statement_pairs(text: str, lines: list[_Line]) -> list[ExtractedPair]:
     """A stand-alone sentence of a prose paragraph turned into the question it answers, by rule
     (:func:`statement_question`); the sentence is the answer."""
     pairs: list[ExtractedPair] = []
-    i = 0
-    while i < len(lines):
-        if _ends_block(lines[i]) or _SKIPPED.match(lines[i].text) or _NOT_PROSE.match(lines[i].text) \
-                or _DEF.match(lines[i].text):
-            i += 1
+    for a, b in _prose_sentences(text, lines):
+        sentence = _collapse(text[a:b])
+        if not (8 <= len(sentence.split()) <= 60) or not sentence.endswith(".") or not sentence[0].isupper() \
+                and not sentence.startswith("`"):
             continue
-        j = i
-        while j + 1 < len(lines) and not _ends_block(lines[j + 1]):
-            j += 1
-        start, para = lines[i].start, text[lines[i].start:lines[j].end]
-        bounds = [0] + [m.end() for m in _SENTENCE_END.finditer(para)] + [len(para)]
-        for a, b in zip(bounds, bounds[1:]):
-            while a < b and para[a].isspace():
-                a += 1
-            sentence = _collapse(para[a:b])
-            if not (8 <= len(sentence.split()) <= 60) or not sentence.endswith("."):
-                continue
-            question = statement_question(sentence)
-            if question:
-                pair = _pair(text, "statement", question, start + a, start + a, start + b)
-                if pair:
-                    pairs.append(pair)
-        i = j + 1
+        question = statement_question(sentence)
+        if question:
+            pair = _pair(text, "statement", question, a, a, b)
+            if pair:
+                pairs.append(pair)
     return pairs
 
 
@@ -442,6 +435,9 @@ def term_question(term: str, title: str = "") -> str:
         return _code_question(name.group(1), name.group(2), callable_=False)
     if title and _adds_context(title, bare):
         return f"In {title}, what is {bare}?"
+    subject = subject_of(title)
+    if len(bare.split()) == 1 and subject and subject.lower() not in _VAGUE_TITLES and subject.lower() != bare.lower():
+        return f"In {subject}, what is {bare}?"  # "What is clone.rejectShallow?" alone is too terse to stand
     return f"What is {bare}?"
 
 

@@ -141,7 +141,13 @@ def score_frame(df: pd.DataFrame, q: QualityConfig) -> pd.DataFrame:
     df = df.copy()
     questions, answers = df["question"].fillna("").tolist(), df["answer"].fillna("").tolist()
     passages = [ev or ctx for ev, ctx in zip(df["evidence"].fillna(""), df["context"].fillna(""))]
-    vq, va, vp = embed(questions), embed(answers), embed(passages)
+    # One embedding per distinct text: an answer is often its own evidence (statements, answer-first
+    # questions), and a chunk's pairs share passages.
+    distinct = list(dict.fromkeys([*questions, *answers, *passages]))
+    vectors = embed(distinct)
+    row = {t: i for i, t in enumerate(distinct)}
+    vq, va, vp = (vectors[[row[t] for t in texts]] if texts else np.zeros((0, 384), np.float32)
+                  for texts in (questions, answers, passages))
     df["score_relevance"] = rowwise_cosine(vq, va)
     df["score_semantic_grounding"] = rowwise_cosine(va, vp)
     df["score_lexical_grounding"] = [coverage(new_information(q, a), c) for q, a, c in zip(questions, answers, df["context"])]

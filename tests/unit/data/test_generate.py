@@ -77,7 +77,7 @@ MANUAL = """# git-commit(1)
 
 ## DESCRIPTION
 
-Create a new commit containing the current contents of the index and the given log message describing the changes. This is useful.
+A commit is a snapshot of the index together with the author and the log message. This is useful.
 
 It records that. The `--amend` option replaces the tip of the current branch by creating a new commit.
 
@@ -92,13 +92,17 @@ $ git commit --amend --no-edit
 def test_answer_passages_are_whole_statements_from_prose_only():
     found = answer_passages(MANUAL, limit=5)
     # The `--amend` sentence is left out: the statement extractor asks its question by rule.
-    assert found == ["Create a new commit containing the current contents of the index and the given log message "
-                     "describing the changes."]
+    assert found == ["A commit is a snapshot of the index together with the author and the log message."]
     assert all(" ".join(a.split()) in " ".join(MANUAL.split()) for a in found)
     # Sentences that need the one before ("This is useful.", "It records that."), code and lists are left out.
     text = MANUAL.replace("The `--amend` option replaces", "Amending with `--amend` replaces")
-    assert answer_passages(text, limit=1) == ["Amending with `--amend` replaces the tip of the current branch by "
-                                              "creating a new commit."]  # names a code term: preferred
+    assert answer_passages(text, limit=1, guided=False) == [
+        "Amending with `--amend` replaces the tip of the current branch by creating a new commit."]  # names code: preferred
+    # Guided, a sentence needs a subject or condition to anchor its question on.
+    unanchored = MANUAL.replace("This is useful.", "Defaults to `diff.submodule` or the short format if unset here.")
+    assert answer_passages(unanchored, limit=5) == found
+    assert len(answer_passages(unanchored, limit=5, guided=False)) == 2
+    assert question_guide("Defaults to `diff.submodule` or the short format if the option is unset.") == ""
     assert answer_passages("```\nThe code is a fenced block that is long enough to count here.\n```", 3) == []
 
 
@@ -143,8 +147,6 @@ def test_planned_requests_are_guided_and_keyed_by_what_decides_the_answer():
     ("The index is a binary file that records the staged content.", "What is the index?", "What is Git?"),
     ("If set to true, makes `git repack` act as if `--pack-kept-objects` was passed.",
      "What happens if set to true?", "What is the answer to this question?"),
-    ("Defaults to `diff.submodule` or the short format if the config option is unset.",
-     "What is the default of `diff.submodule`?", "What is the default format?"),
 ])
 def test_the_question_guide_anchors_on_what_the_answer_is_about(answer, good, bad):
     import re
@@ -161,3 +163,49 @@ def test_several_candidate_questions_become_several_rows():
     rows = question_rows(chunk, "What does `--amend` do?\nHow is the tip replaced?", "", "llm:m")
     assert [r["question"] for r in rows] == ["What does `--amend` do?", "How is the tip replaced?"]
     assert len({r["pair_id"] for r in rows}) == 2
+
+
+def test_the_requester_stops_at_its_deadline_and_turns_failures_into_rows():
+    """Against a real local server that answers slowly: requests in flight at the deadline are cut
+    (an error row), requests not yet sent come back as not asked, and nothing raises."""
+    import json as _json
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from app.data.generate import ChatRequester
+
+    class Slow(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = _json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if body.get("fail"):
+                self.send_response(400)
+                self.end_headers()
+                self.wfile.write(b'{"error": "bad"}')
+                return
+            time.sleep(body.get("sleep", 0))
+            out = _json.dumps({"choices": [{"message": {"content": "What is it for?"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/v1/chat/completions"
+    try:
+        bodies = [_json.dumps({"sleep": 0}), _json.dumps({"fail": True}), _json.dumps({"sleep": 5}), _json.dumps({"sleep": 0})]
+        started = time.time()
+        requester = ChatRequester(url, None, timeout_s=60, max_retries=0, retry_wait_s=0.1, inflight=1,
+                                  deadline=time.time() + 1.5)
+        out = requester({"key": list("abcd"), "body": bodies})
+        took = time.time() - started
+        assert took < 4, took  # the 5 s request was cut at the deadline
+        assert list(out["output"]) == ["What is it for?", "", "", ""]
+        assert "HTTP 400" in out["error"][1] and out["error"][2].startswith("timed out after")
+        assert out["error"][3] == ChatRequester.LATE  # its turn came after the deadline: never sent
+    finally:
+        server.shutdown()
