@@ -449,6 +449,10 @@ def _code_question(prefix: str | None, name: str, callable_: bool) -> str:
         return f"What is the `{name}` class for?"
     if callable_:
         return f"What does `{name}()` do?"
+    if "." in name and (last[:1].islower() or last.startswith("_")):  # `re.Match.re`, `time.struct_time.tm_year`: an attribute
+        return f"What is the `{name}` attribute?"
+    if "." in name:  # `typing.Container`
+        return f"What is `{name}` for?"
     return f"What is `{name}`?"
 
 

@@ -104,6 +104,7 @@ def flaky_sets(endpoint, tmp_path, *extra):
             "--set", "data.target_pairs=1", "--set", "data.min_test_pairs=0", "--set", "data.extract=[]",
             "--set", "data.quality.min_lexical_grounding=0", "--set", "data.quality.min_semantic_grounding=-1",
             "--set", "data.quality.min_relevance=-1", "--set", "data.quality.min_question_grounding=0",
+            "--set", "data.quality.min_model_question_relevance=-1", "--set", "data.quality.question_points_at_answer=false",
             "--set", f"data.review_db=sqlite:///{tmp_path / 'review.db'}", *extra]
 
 

@@ -201,28 +201,34 @@ def test_ray_dashboard_llm_panels_have_data(served):
     assert len(charted) > 15 and charted <= exported, sorted(charted - exported)
 
 def test_dataset_generation_through_the_served_model(served, mlflow_uri, tmp_path):
-    """`app dataset build` asks the running endpoint for QA pairs via ray.data.llm, without redeploying."""
+    """`app dataset build` asks the running endpoint for questions (answer-first, guided), without redeploying."""
     from app.data.corpus import export_stdlib_docs
 
     docs = tmp_path / "docs"
     export_stdlib_docs(docs, progress=lambda _: None, modules=["heapq", "bisect"], topics=["if", "while"])
+    # min_chunks: asked even though extraction alone reaches this small target.
     sets = [*served["sets"], "--set", "data.name=served-gen", "--set", "data.generation.max_chunks=6",
-            "--set", "data.target_pairs=1", "--set", "data.min_test_pairs=0",
+            "--set", "data.generation.min_chunks=6", "--set", "data.target_pairs=1", "--set", "data.min_test_pairs=0",
             "--set", f"data.review_db=sqlite:///{tmp_path / 'review.db'}"]
     proc = run_cli("app", "dataset", "build", "--docs", str(docs), *sets, env=served["env"], timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "using the running Serve endpoint" in proc.stdout
     out = Path(summary_json(proc.stdout)["path"])
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["generation"]["requests"] == 6 and manifest["generation"]["request_errors"] == 0
-    assert served["url"] in manifest["generation"]["endpoint"]
-    assert manifest["quality"]["llm"]["candidates"] >= 6
+    gen = manifest["generation"]
+    assert gen["mode"] == "answer_first" and gen["guided"] and gen["chunks"] == 6
+    assert gen["requests"] >= 3 and gen["request_errors"] == 0
+    assert served["url"] in gen["endpoint"]
+    assert manifest["quality"]["llm_question"]["candidates"] >= gen["requests"] - 1
     rows = pd.concat([pd.read_json(out / "rejected.jsonl", lines=True),
                       *(pd.read_parquet(out / f"{s}.parquet") for s in ("train", "validation", "test"))])
-    llm = rows[rows["generator"] == "llm"]
-    assert len(llm) == manifest["quality"]["llm"]["candidates"]
-    # Every LLM row is either a parsed pair or a rejection that quotes what the model said.
-    assert ((llm["question"].fillna("") != "") | llm["reject_reason"].fillna("").str.startswith("malformed model output")).all()
+    llm = rows[rows["generator"] == "llm_question"]
+    assert len(llm) == manifest["quality"]["llm_question"]["candidates"]
+    # Guided decoding: replies are questions (one cut by max_tokens at most), answers are sentences of their chunk.
+    asked = llm["question"].fillna("").str.endswith("?")
+    assert asked.sum() >= len(llm) - 1
+    assert (asked | llm["reject_reason"].fillna("").str.startswith("malformed")).all()
+    assert all(" ".join(a.split()) in " ".join(c.split()) for a, c in zip(llm["answer"], llm["context"]))
 
 
 # -- evaluation through the served models ------------------------------------------------------------

@@ -153,8 +153,10 @@ def test_definitions_and_their_questions():
     ("class Foo(bar)", "", "What is the `Foo` class for?"),
     ("`json.JSONDecoder(*, strict=True)`", "", "What is the `json.JSONDecoder` class for?"),
     ("`os.WEXITSTATUS(status)`", "", "What does `os.WEXITSTATUS()` do?"),
-    ("`typing.Union`", "", "What is `typing.Union`?"),
-    ("`object.__slots__`", "", "What is `object.__slots__`?"),
+    ("`typing.Union`", "", "What is `typing.Union` for?"),
+    ("`object.__slots__`", "", "What is the `object.__slots__` attribute?"),
+    ("`re.Match.re`", "", "What is the `re.Match.re` attribute?"),
+    ("`Union`", "", "What is `Union`?"),
     ("**Chunk overlap**", "Data pipeline", "In Data pipeline, what is Chunk overlap?"),
     ("chunk", "Glossary", "What is chunk?"),  # a vague title adds nothing
     ("Ray Data", "Ray Data guide", "What is Ray Data?"),  # the title already names it
