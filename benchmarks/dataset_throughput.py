@@ -74,13 +74,16 @@ def main() -> None:
             import pandas as pd
 
             chunks = pd.DataFrame([ch for d in docs for ch in d["chunks"]])
-            c.data.generation.max_chunks = args.llm_chunks
+            # Exactly the first --llm-chunks chunks, in one pass: no target to stop at or fail on.
+            c.data.generation.max_chunks = c.data.generation.min_chunks = args.llm_chunks
+            c.data.generation.estimate_requests = 10**6
+            c.data.target_pairs = 1
             if args.batch_size:
                 c.data.generation.batch_size = args.batch_size
             t = time.perf_counter()
-            rows, info = build.generate_pairs(c, chunks, stored.path, quiet)
+            scored, info = build.generate_pairs(c, chunks, stored.path, quiet)
             gen_s = time.perf_counter() - t
-            ok = [r for r in rows if not r["parse_error"]]
+            ok = scored[scored["parse_error"] == ""] if len(scored) else scored
             row.update(llm_requests=info["requests"], llm_s=round(gen_s, 1),
                        llm_requests_per_s=round(info["requests"] / gen_s, 3),
                        llm_pairs_per_s=round(len(ok) / gen_s, 3), llm_request_errors=info["request_errors"])

@@ -222,7 +222,7 @@ def pairs_from_output(chunk: dict[str, Any], output: str, error: str, origin: st
     return rows
 
 
-# -- ray.data.llm processors -------------------------------------------------------------------
+# -- HTTP responses (also read by evaluation's ray.data.llm HTTP stage) ---------------------------
 
 
 def stop_strings(n: int, style: str) -> list[str]:

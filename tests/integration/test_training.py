@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mlflow
 import psutil
+import pandas as pd
 import pytest
 
 from tests.conftest import BIN, ROOT, run_cli, summary_json
@@ -136,12 +137,12 @@ def test_best_checkpoint_exported_registered_and_compared(resumed, home):
     version = mlflow.MlflowClient().get_model_version(reg["name"], reg["version"])
     assert version.tags["train_run"] == RUN
     comp = summary["validation_comparison"]
-    assert comp["examples"] == 6
+    dataset = home / "datasets" / "it-build"
+    n_validation = len(pd.read_parquet(dataset / (dataset / "LATEST").read_text().strip() / "validation.parquet"))
+    assert comp["examples"] == min(6, n_validation) > 0  # training.compare_samples=6, or the whole split
     for model in ("base", "finetuned"):
         assert 0 <= comp["domain_accuracy"][model] <= 1
     # The registered model answers through MLflow's own loader.
-    import pandas as pd
-
     loaded = mlflow.pyfunc.load_model(f"models:/{reg['name']}/{reg['version']}")
     answers = loaded.predict(pd.DataFrame({"question": ["What does json.dumps() do?"],
                                            "context": ["json.dumps(obj): Serialize obj to a JSON formatted str."]}))
