@@ -202,7 +202,8 @@ def _ask(cfg: ExperimentConfig, requests: list[dict], cache: GenerationCache, mo
     else:
         rows = ds.map_batches(ChatRequester, fn_constructor_kwargs={
             "url": where["base"].rstrip("/") + "/chat/completions", "api_key": where["key"], "timeout_s": g.timeout_s,
-            "max_retries": g.max_retries, "retry_wait_s": g.retry_wait_s, "inflight": g.inflight, "deadline": deadline},
+            "max_retries": g.max_retries, "retry_wait_s": g.retry_wait_s, "inflight": g.inflight, "deadline": deadline,
+            "qps": g.qps},
             batch_size=g.batch_size, num_cpus=0.1, compute=ray.data.ActorPoolStrategy(size=g.concurrency))
     for r in rows.iter_rows():  # streamed: each answer is kept as soon as it arrives
         output, error = r.get("output") or "", r.get("error") or ""

@@ -269,9 +269,6 @@ def response_text(response: Any) -> tuple[str, str]:
 
 # -- answer-first generation -------------------------------------------------------------------
 
-# A question, asked plainly: guided decoding holds the model's reply to this pattern, so a reply is
-# never malformed (the 135M model otherwise answers with chatter or repeats the answer).
-QUESTION_REGEX = r"(What|How|Why|When|Which|Where|Who|Can|Does|Is|Are|Do|Should) [^?\n]{10,140}\?"
 QUESTION_PROMPT = "{text}\n\nAnswer: {answer}\n\nWrite the question about {subject} that is answered by the answer above."
 PAIRS_SCHEMA = {"type": "array", "minItems": 1, "items": {
     "type": "object", "additionalProperties": False, "required": ["question", "answer", "evidence"],
@@ -336,8 +333,6 @@ _SUBJECT = re.compile(r"^(?:(?:The|A|An) ((?:`[^`]+`|[\w<>.:/-]+)(?: (?:`[^`]+`|
                       r"(is|are|can|cannot|will|must|should|may|does|do|[a-z]{3,}s)\b")
 _CONDITION = re.compile(r"^(If|When|Unless|Without|With) ")
 _PRONOUN_START = re.compile(r"^(?:You|We|I|It|They|He|She|This|These|That|Those|There|Here|One)\b")
-_KEY_TERM = re.compile(r"`[^`\n]{2,40}`|--[a-z][\w-]+|\b[a-z]+(?:\.[a-zA-Z]+)+\b|\b[a-z]+-[a-z]+(?:-[a-z]+)*\b")
-_BE = {"is": "is", "are": "are"}
 _MODALS = {"is", "are", "can", "cannot", "will", "must", "should", "may", "does", "do"}
 
 
@@ -366,8 +361,8 @@ def question_guide(answer: str) -> str:
 
     A small model asked freely for "the question this sentence answers" writes questions about
     anything, or garbles names. Held to the sentence's subject ("What does the `--amend` option
-    ...?"), its condition ("What happens if ...?") or its key term, and to words the answer itself
-    uses, it can only choose and order them: the question is grounded by construction.
+    ...?") or its condition ("What happens if ...?"), and to words the answer itself uses, it can
+    only choose and order them: the question is grounded by construction.
     """
     vocab = _vocabulary(answer)
     words = lambda lo, hi: f"( {vocab}){{{lo},{hi}}}"  # noqa: E731 - a pattern, not logic
@@ -380,12 +375,11 @@ def question_guide(answer: str) -> str:
             return ""  # "Print all commits ..." or "Callers provide ...": no article, code or name to anchor on
         first, _, rest = subject.partition(" ")
         if not (first.startswith("`") or first.isupper() or re.search(r"[A-Z]", first[1:])):
-            subject = (first[0].lower() + first[1:] + (" " + rest if rest else "")).strip()
+            subject = (first[0].lower() + first[1:] + (" " + rest if rest else "")).strip()  # "A" (a name) stays
         article = r"(the |a |an )?"
-        if verb in _BE:
+        if verb in ("is", "are"):
             return rf"(What|Which|Why|When|How) {verb} {article}{re.escape(subject)}{words(0, 8)}\?"
-        aux = "do" if verb == "do" or not verb.endswith("s") else "does"
-        aux = {"can": "can", "cannot": "can", "will": "will", "must": "must", "should": "should", "may": "may"}.get(verb, aux)
+        aux = ("can" if verb == "cannot" else verb) if verb in _MODALS else "does"  # "replaces" -> "does ... replace"
         return rf"(What|Which|Why|When|How) {aux} {article}{re.escape(subject)}{words(1, 8)}\?"
     # A sentence with neither: measured on git-doc, guides anchored on a key term or on nothing gave
     # about 1 right question in 10 (subject and condition anchors about 5 in 8), so none is asked.
@@ -487,7 +481,7 @@ def plan_requests(chunk: dict[str, Any], g: GenerationConfig, model: str) -> lis
 class ChatRequester:
     """Ray Data actor: posts each row's chat request (``body``, JSON) and returns ``output`` / ``error``.
 
-    Up to ``inflight`` requests at once per actor. 408/429/5xx, connection errors and timeouts are
+    Up to ``inflight`` requests at once per actor, at most ``qps`` per second when set. 408/429/5xx, connection errors and timeouts are
     retried ``max_retries`` times with exponential backoff; what still fails, or answers 4xx, or
     answers something that is not a chat completion, comes back as ``error`` with its reason.
     """
@@ -497,8 +491,9 @@ class ChatRequester:
     LATE = "!late"  # the marker of a request left unasked because the deadline had passed
 
     def __init__(self, url: str, api_key: str | None, timeout_s: float, max_retries: int, retry_wait_s: float,
-                 inflight: int, deadline: float | None = None):
-        self.url, self.timeout_s, self.deadline = url, timeout_s, deadline
+                 inflight: int, deadline: float | None = None, qps: float | None = None):
+        self.url, self.timeout_s, self.deadline, self.qps = url, timeout_s, deadline, qps
+        self._next_send = 0.0  # qps: when this actor may send its next request
         self.max_retries, self.retry_wait_s, self.inflight = max_retries, retry_wait_s, inflight
         self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
 
@@ -518,6 +513,10 @@ class ChatRequester:
                     if left <= 0:
                         return "", last if attempt else self.LATE
                     timeout = min(timeout, max(left, 1.0))
+                if self.qps:  # one request every 1/qps seconds from this actor, retries included
+                    now = time.time()
+                    wait, self._next_send = max(0.0, self._next_send - now), max(now, self._next_send) + 1 / self.qps
+                    await asyncio.sleep(wait)
                 try:
                     r = await session.post(self.url, content=body, headers=self.headers, timeout=timeout)
                 except httpx.TimeoutException:
@@ -535,10 +534,6 @@ class ChatRequester:
                     payload = None
                 if r.status_code != 200 or not isinstance(payload, dict):
                     return "", f"endpoint error: HTTP {r.status_code} {r.text[:300] or '(empty body)'}"
-                if len(payload.get("choices") or []) > 1:  # n candidates: one per line
-                    texts = [response_text({"choices": [c]}) for c in payload["choices"]]
-                    joined = "\n".join(" ".join(t.split()) for t, err in texts if not err)
-                    return joined, "" if joined else texts[0][1]
                 return response_text(payload)
         return "", f"{last} ({self.max_retries + 1} tries)"
 

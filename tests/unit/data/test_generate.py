@@ -165,15 +165,13 @@ def test_several_candidate_questions_become_several_rows():
     assert len({r["pair_id"] for r in rows}) == 2
 
 
-def test_the_requester_stops_at_its_deadline_and_turns_failures_into_rows():
-    """Against a real local server that answers slowly: requests in flight at the deadline are cut
-    (an error row), requests not yet sent come back as not asked, and nothing raises."""
+@pytest.fixture
+def slow_endpoint():
+    """A real local chat endpoint: {"sleep": s} answers after s seconds, {"fail": true} with HTTP 400."""
     import json as _json
     import threading
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from app.data.generate import ChatRequester
 
     class Slow(BaseHTTPRequestHandler):
         def log_message(self, *args):
@@ -191,21 +189,49 @@ def test_the_requester_stops_at_its_deadline_and_turns_failures_into_rows():
             self.send_response(200)
             self.send_header("Content-Length", str(len(out)))
             self.end_headers()
-            self.wfile.write(out)
+            try:
+                self.wfile.write(out)
+            except BrokenPipeError:  # the client gave up at its deadline
+                pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/v1/chat/completions"
-    try:
-        bodies = [_json.dumps({"sleep": 0}), _json.dumps({"fail": True}), _json.dumps({"sleep": 5}), _json.dumps({"sleep": 0})]
+    yield f"http://127.0.0.1:{server.server_port}/v1/chat/completions"
+    server.shutdown()
+
+
+def test_the_requester_stops_at_its_deadline_and_turns_failures_into_rows(slow_endpoint):
+    """Requests in flight at the deadline are cut (an error row), requests not yet sent come back as
+    not asked, and nothing raises."""
+    import json as _json
+    import time
+
+    from app.data.generate import ChatRequester
+
+    bodies = [_json.dumps({"sleep": 0}), _json.dumps({"fail": True}), _json.dumps({"sleep": 5}), _json.dumps({"sleep": 0})]
+    started = time.time()
+    requester = ChatRequester(slow_endpoint, None, timeout_s=60, max_retries=0, retry_wait_s=0.1, inflight=1,
+                              deadline=time.time() + 1.5)
+    out = requester({"key": list("abcd"), "body": bodies})
+    took = time.time() - started
+    assert took < 4, took  # the 5 s request was cut at the deadline
+    assert list(out["output"]) == ["What is it for?", "", "", ""]
+    assert "HTTP 400" in out["error"][1] and out["error"][2].startswith("timed out after")
+    assert out["error"][3] == ChatRequester.LATE  # its turn came after the deadline: never sent
+
+
+def test_the_requester_keeps_to_its_rate_limit(slow_endpoint):
+    """data.generation.qps: six instant requests, eight in flight allowed, at most 4 per second."""
+    import json as _json
+    import time
+
+    from app.data.generate import ChatRequester
+
+    body = _json.dumps({"sleep": 0})
+    for qps, at_least in ((None, 0.0), (4.0, 5 / 4)):
         started = time.time()
-        requester = ChatRequester(url, None, timeout_s=60, max_retries=0, retry_wait_s=0.1, inflight=1,
-                                  deadline=time.time() + 1.5)
-        out = requester({"key": list("abcd"), "body": bodies})
+        out = ChatRequester(slow_endpoint, None, timeout_s=30, max_retries=0, retry_wait_s=0.1, inflight=8,
+                            qps=qps)({"key": list("abcdef"), "body": [body] * 6})
         took = time.time() - started
-        assert took < 4, took  # the 5 s request was cut at the deadline
-        assert list(out["output"]) == ["What is it for?", "", "", ""]
-        assert "HTTP 400" in out["error"][1] and out["error"][2].startswith("timed out after")
-        assert out["error"][3] == ChatRequester.LATE  # its turn came after the deadline: never sent
-    finally:
-        server.shutdown()
+        assert list(out["error"]) == [""] * 6
+        assert took >= at_least and (qps or took < 1.0), (qps, took)
