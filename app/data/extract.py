@@ -381,7 +381,7 @@ def statement_question(sentence: str) -> str | None:
         subject = m.group(1)
         words = [w for w in re.findall(r"[A-Za-z_]+", subject) if w.lower() not in ("the", "a", "an")]
         low = f" {subject.lower()} "
-        if re.search(r" (?:this|that|these|those|it|its|their|such|of|and|or|resulting|above|following|same) ", low) \
+        if not words or re.search(r" (?:this|that|these|those|it|its|their|such|of|and|or|resulting|above|following|same) ", low) \
                 or words[0].endswith(("ly", "ing")) or not (_SPECIFIC.search(subject) or 2 <= len(words) <= 3):
             return None
         return f"What {m.group(2)} {_lower_first(subject)}?"

@@ -233,3 +233,13 @@ def test_manual_kinds_section_signature_term_example():
 def test_option_terms_name_the_option_and_the_page():
     assert term_question("-a, --all", "git-commit(1)") == "What does the `--all` option of git-commit do?"
     assert term_question("`--untracked`", "") == "What does the `--untracked` option do?"
+
+
+def test_a_one_letter_name_as_subject_is_not_a_statement_question_and_does_not_crash():
+    """"A is an ancestor of B" reads "A" as an article: no subject is left, so no question (it raised
+    IndexError, which skipped the whole document as "failed to process")."""
+    from app.data.extract import statement_question
+
+    assert statement_question("A is an ancestor of B if B can be reached from A by following parents.") is None
+    text = "# Revisions\n\nA is an ancestor of B if B can be reached from A by following parents.\n"
+    assert [p.kind for p in extract_pairs(text, "gitrevisions(7)")] == []
