@@ -344,6 +344,10 @@ class TrainingConfig(_Section):
     max_seq_len: PositiveInt | None = Field(
         None, description="Longest training sequence in tokens; longer examples are dropped and counted. "
         "None: model.max_seq_len.")
+    context_distractors: int = Field(
+        0, ge=0, le=3, description="Passages of other training chunks (BM25 on the question) added to each "
+        "training example's context, in random order with its own passage, which stays whole within "
+        "prompt.max_context_tokens: evaluation with retrieval gives the model several passages, the dataset one.")
     packing: bool = Field(
         False, description="Pack several examples into each sequence of max_seq_len tokens (no padding; "
         "attention stays within each example).")
@@ -360,7 +364,8 @@ class TrainingConfig(_Section):
     val_batch_size: PositiveInt = Field(8, description="Prompts per generate call in validation.")
     checkpoint_metric: Literal[
         "val_token_f1", "val_exact_match", "val_domain_accuracy", "val_semantic_similarity", "val_loss"
-    ] = Field("val_token_f1", description="Checkpoints are ranked by this validation metric.")
+    ] = Field("val_domain_accuracy", description="Checkpoints are ranked by this validation metric "
+              "(val_domain_accuracy follows evaluation.domain_rule).")
     keep_checkpoints: PositiveInt = Field(2, description="Best checkpoints kept by the validation metric.")
     max_failures: int = Field(
         2, ge=-1, description="Automatic restarts from the latest checkpoint after a worker or node dies; -1: no limit.")
@@ -521,11 +526,20 @@ class EvaluationConfig(_Section):
     concurrency: PositiveInt = Field(4, description="Requests in flight per model.")
     timeout_s: PositiveFloat = Field(300.0, description="Total time allowed for one request.")
     max_new_tokens: PositiveInt = 128
-    f1_threshold: float = Field(0.5, ge=0, le=1, description="Domain accuracy: token F1 at least this counts ...")
+    domain_rule: Literal["coverage", "f1_or_similarity", "f1_and_similarity", "f1", "similarity"] = Field(
+        "coverage", description="When an answer is correct for domain accuracy (also training's val_domain_accuracy). "
+        "coverage: the answer contains the reference (coverage_threshold of its content words, or 1-3 consecutive "
+        "answer sentences with similarity >= similarity_threshold) within the length allowance; the others "
+        "compare the whole answer with the reference and count a correct but longer answer as wrong.")
+    f1_threshold: float = Field(0.5, ge=0, le=1, description="f1* rules: token F1 at least this counts ...")
     similarity_threshold: float = Field(
-        0.8, ge=0, le=1, description="... and so does semantic similarity (all-MiniLM-L6-v2 cosine) at least this.")
-    domain_rule: Literal["f1_or_similarity", "f1_and_similarity", "f1", "similarity"] = Field(
-        "f1_or_similarity", description="Which of the two thresholds make an answer correct for domain accuracy.")
+        0.8, ge=0, le=1, description="... and so does semantic similarity (all-MiniLM-L6-v2 cosine) at least this "
+        "(coverage: of the answer's best-matching sentences).")
+    coverage_threshold: float = Field(0.6, gt=0, le=1, description="coverage rule: share of the reference's content "
+                                      "words the answer must contain.")
+    max_length_ratio: float = Field(4.0, ge=1, description="coverage rule: an answer longer than this many times the "
+                                    "reference's words (and than length_floor) is wrong, whatever it contains.")
+    length_floor: PositiveInt = Field(60, description="coverage rule: answers up to this many words are never too long.")
     bootstrap_samples: PositiveInt = 1000
     confidence: float = Field(0.95, gt=0, lt=1)
     run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",

@@ -29,10 +29,9 @@ def eval_root(cfg: ExperimentConfig) -> Path:
 
 
 def domain_definition(cfg: ExperimentConfig) -> str:
-    e = cfg.evaluation
-    f1, sim = f"token F1 >= {e.f1_threshold}", f"semantic similarity (all-MiniLM-L6-v2 cosine) >= {e.similarity_threshold}"
-    return {"f1_or_similarity": f"correct when {f1} or {sim}", "f1_and_similarity": f"correct when {f1} and {sim}",
-            "f1": f"correct when {f1}", "similarity": f"correct when {sim}"}[e.domain_rule]
+    from app.eval.metrics import DomainRule
+
+    return DomainRule.of(cfg.evaluation).describe()
 
 
 def judge_definition(cfg: ExperimentConfig) -> str:
@@ -46,12 +45,11 @@ def judge_definition(cfg: ExperimentConfig) -> str:
 
 def score(frame: pd.DataFrame, answers: list[str], cfg: ExperimentConfig) -> pd.DataFrame:
     """Every metric of one model's answers, one row per example."""
-    from app.eval.metrics import overlap_scores, score_answers
+    from app.eval.metrics import DomainRule, overlap_scores, score_answers
 
-    e = cfg.evaluation
     refs = frame["reference"].tolist()
-    base = pd.DataFrame(score_answers(answers, refs, e.f1_threshold, e.similarity_threshold, e.domain_rule))
-    return pd.concat([base, pd.DataFrame(overlap_scores(answers, refs))], axis=1)[METRICS]
+    base = pd.DataFrame(score_answers(answers, refs, DomainRule.of(cfg.evaluation)))
+    return pd.concat([base, pd.DataFrame(overlap_scores(answers, refs))], axis=1)[METRICS + ["answer_words"]]
 
 
 def load_test_set(cfg: ExperimentConfig, progress: Callable[[str], None]) -> tuple[pd.DataFrame, str]:
@@ -126,7 +124,7 @@ def evaluate(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
                 answers, errors, facts_models[m.name] = answer_all(frame, messages, m, cfg, progress)
                 table[col(m.name, "answer")], table[col(m.name, "error")] = answers, errors
                 scores = score(frame, answers, cfg)
-                for k in METRICS:
+                for k in METRICS + ["answer_words"]:
                     table[col(m.name, k)] = scores[k].to_numpy()
                 bleu[m.name] = corpus_bleu(answers, frame["reference"].tolist())
                 if e.judge:

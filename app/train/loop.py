@@ -213,7 +213,7 @@ def validate(engine: Any, tokenizer: Any, cfg: ExperimentConfig, args: LoopArgs,
     """
     import torch
 
-    from app.eval.metrics import mean_scores, score_answers
+    from app.eval.metrics import DomainRule, mean_scores, score_answers
     from app.generate import generate_batch
     from app.prompts import qa_messages, truncate_context
 
@@ -248,12 +248,9 @@ def validate(engine: Any, tokenizer: Any, cfg: ExperimentConfig, args: LoopArgs,
         if records:
             by_index = dict(pair for part in gathered for pair in part)
             preds = [by_index[i] for i in range(len(records))]
-            e = cfg.evaluation
-            rows = score_answers(preds, [r["answer"] for r in records], e.f1_threshold, e.similarity_threshold,
-                                 e.domain_rule)
+            rows = score_answers(preds, [r["answer"] for r in records], DomainRule.of(cfg.evaluation))
             means = mean_scores(rows)
             metrics.update({f"val_{k.replace('domain_correct', 'domain_accuracy')}": v for k, v in means.items()})
-            metrics["val_answer_words"] = sum(len(p.split()) for p in preds) / len(preds)
             for r, p in list(zip(records, preds))[:2]:
                 say(f"  Q: {r['question'][:100]}")
                 say(f"  A: {p[:160]!r}")
