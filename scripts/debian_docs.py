@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import gzip
 import hashlib
 import json
 import shutil
@@ -66,25 +67,63 @@ def front_matter(**fields: str) -> str:
     return "---\n" + "".join(f"{k}: {json.dumps(v, ensure_ascii=False)}\n" for k, v in fields.items()) + "---\n\n"
 
 
-def convert(deb: Path, out: Path, hold_out: list[str]) -> dict:
+def doc_root(unpacked: Path, package: str, doc_dir: str | None = None) -> Path:
+    """/usr/share/doc/<doc_dir or package> of an unpacked .deb, or /usr/share/doc when there is no such folder."""
+    root = unpacked / "usr" / "share" / "doc"
+    return root / (doc_dir or package) if (root / (doc_dir or package)).is_dir() else root
+
+
+TEXT_SUFFIXES = (".md", ".txt", ".rst")
+
+
+def _page_bytes(page: Path) -> tuple[str, bytes] | None:
+    """(name to parse it as, bytes) of an HTML page or a text document (possibly gzipped); None otherwise."""
+    name, data = page.name, None
+    if name.endswith(".gz"):
+        name = name[:-3]
+    suffix = Path(name).suffix.lower()
+    if suffix in (".html", ".htm") and not page.name.endswith(".gz"):
+        return name, page.read_bytes()
+    if suffix in TEXT_SUFFIXES or (suffix == "" and name.isupper()):  # README, KNOWN_BUGS, TODO
+        data = page.read_bytes()
+        if page.name.endswith(".gz"):
+            data = gzip.decompress(data)
+        return (name if suffix else name + ".txt"), data
+    return None
+
+
+def convert(deb: Path, out: Path, hold_out: list[str], include: list[str] | None = None, text_docs: bool = False,
+            held_out_to: Path | None = None, doc_dir: str | None = None) -> dict:
+    """Every HTML page under /usr/share/doc (and, with ``text_docs``, Markdown and plain-text documents)
+    as Markdown under ``out``; pages matching ``hold_out`` go to ``held_out_to`` (default
+    ``<out>.held-out``), and with ``include`` only pages matching one of its globs are converted. Globs
+    match paths under /usr/share/doc/<doc_dir> (default: the package's name)."""
     package, version = deb_field(deb, "Package"), deb_field(deb, "Version")
-    held = out.with_name(out.name + ".held-out")
+    held = held_out_to or out.with_name(out.name + ".held-out")
     for folder in (out, held):
         if folder.exists() and any(folder.iterdir()):
             sys.exit(f"error: {folder} is not empty; convert into a new folder")
+    out.mkdir(parents=True, exist_ok=True)
     files, skipped = [], []
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
         root = Path(tmp) / "usr" / "share" / "doc"
-        pages = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".html", ".htm") and p.is_file())
+        base = doc_root(Path(tmp), package, doc_dir)
+        pages = []
+        for p in sorted(root.rglob("*")):
+            got = _page_bytes(p) if p.is_file() and not p.is_symlink() else None
+            if got and (text_docs or got[0].lower().endswith((".html", ".htm"))):
+                pages.append((p, *got))
         if not pages:
             sys.exit(f"error: {deb.name} has no HTML pages under /usr/share/doc")
-        base = Path(tmp) / "usr" / "share" / "doc" / package
-        base = base if base.is_dir() else root
-        for page in pages:
+        for page, name, data in pages:
             rel = page.relative_to(base if page.is_relative_to(base) else root).as_posix()
+            if include and not any(fnmatch.fnmatch(rel, pat) for pat in include):
+                continue
+            if page.name in ("copyright", "changelog.gz", "changelog.Debian.gz", "NEWS.Debian.gz"):
+                continue
             try:
-                doc = parse_document(rel, page.read_bytes())
+                doc = parse_document(str(Path(rel).with_name(name)), data)
             except DocumentError as exc:
                 skipped.append({"path": rel, "reason": str(exc)})
                 continue
@@ -92,7 +131,7 @@ def convert(deb: Path, out: Path, hold_out: list[str]) -> dict:
                 skipped.append({"path": rel, "reason": f"only {len(doc.text.split())} words"})
                 continue
             target_root = held if any(fnmatch.fnmatch(rel, pat) for pat in hold_out) else out
-            dest = target_root / Path(rel).with_suffix(".md")
+            dest = target_root / Path(rel).with_name(Path(name).stem + ".md")
             dest.parent.mkdir(parents=True, exist_ok=True)
             text = front_matter(title=doc.title, source=f"{package} {version}: /usr/share/doc/{package}/{rel}") + doc.text + "\n"
             dest.write_text(text, encoding="utf-8")

@@ -6,7 +6,10 @@ The per-example table has one row per test example and, per model ``m``, the col
 * every model's mean of every metric with a bootstrap confidence interval;
 * every model against the first (the reference) on the same examples: mean difference, its
   interval, paired bootstrap and sign-flip permutation p-values, Holm-adjusted across metrics;
-* domain accuracy and token F1 per topic and per origin (who wrote the question).
+* domain accuracy (with its interval), token F1, semantic similarity and answer length per topic and
+  per origin (who wrote the question: extracted from the text by rule, LLM-written, human-written),
+  because a headline over a test split that is mostly extracted pairs says little about the
+  questions people ask.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ import pandas as pd
 
 from app.eval.stats import bootstrap_ci, holm, paired_comparison
 
-METRICS = ["domain_correct", "exact_match", "token_f1", "semantic_similarity", "bleu", "rouge1", "rouge2", "rougeL"]
+METRICS = ["domain_correct", "exact_match", "token_f1", "semantic_similarity", "reference_coverage", "bleu", "rouge1",
+           "rouge2", "rougeL"]
 LABELS = {"domain_correct": "domain accuracy", "exact_match": "exact match", "token_f1": "token F1",
+          "reference_coverage": "reference coverage (content-word recall)",
           "semantic_similarity": "semantic similarity", "bleu": "BLEU (sentence)", "rouge1": "ROUGE-1",
           "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "judge_correct": "LLM-judge accuracy"}
 OPTIONAL_METRICS = ["judge_correct"]  # present when evaluation.judge is set
@@ -60,6 +65,8 @@ def summarize(table: pd.DataFrame, models: list[str], samples: int, confidence: 
     return {"examples": int(len(table)), "models": models, "metrics": metrics, "reference": ref, "confidence": confidence,
             "bootstrap_samples": samples, "means": means, "corpus_bleu": corpus_bleu or {},
             "comparisons": comparisons, "breakdown": breakdown,
+            "answer_words": {m: float(table[col(m, "answer_words")].mean()) for m in models
+                             if col(m, "answer_words") in table},
             "request_errors": {m: int((table[col(m, "error")] != "").sum()) for m in models}}
 
 
@@ -71,7 +78,8 @@ def _breakdown(table: pd.DataFrame, models: list[str], by: str, samples: int, co
         for m in models:
             acc = bootstrap_ci(group[col(m, "domain_correct")], samples, confidence, seed)
             row[m] = {"domain_accuracy": acc.mean, "low": acc.low, "high": acc.high,
-                      "token_f1": float(group[col(m, "token_f1")].mean())}
+                      **{k: float(group[col(m, k)].mean()) for k in ("token_f1", "semantic_similarity", "answer_words")
+                         if col(m, k) in group}}
         rows.append(row)
     return rows
 
@@ -105,12 +113,31 @@ def tables(summary: dict[str, Any]) -> dict[str, pd.DataFrame]:
             comp_rows.append({"model": m, "metric": LABELS[k], f"{ref}": f"{c['mean_a']:.3f}", "model mean": f"{c['mean_b']:.3f}",
                               "difference [CI]": f"{c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]",
                               "p (bootstrap)": _p(c["p_bootstrap"]), "p (permutation)": _p(c["p_permutation"]),
-                              "p (Holm)": _p(c["p_holm"]), "better/worse": f"{c['wins_b']}/{c['wins_a']}"})
+                              "p (Holm)": _p(c["p_holm"]), "better/worse": f"{c['wins_b']}/{c['wins_a']}",
+                              "detectable (80% power)": f"{c['detectable']:.3f}" if "detectable" in c else "-"})
     out = {"means": means, "comparisons": pd.DataFrame(comp_rows)}
     for by, rows in summary["breakdown"].items():
         out[f"by_{by}"] = pd.DataFrame([{by: r[by], "n": r["n"], **{
             m: f"{r[m]['domain_accuracy']:.3f} [{r[m]['low']:.3f}, {r[m]['high']:.3f}]" for m in models}} for r in rows])
+    out["by_origin_all"] = pd.DataFrame([
+        {"origin": r["origin"], "n": r["n"], "model": m, "domain accuracy": f"{r[m]['domain_accuracy']:.3f}",
+         "token F1": f"{r[m]['token_f1']:.3f}",
+         "semantic similarity": f"{r[m]['semantic_similarity']:.3f}" if "semantic_similarity" in r[m] else "-",
+         "answer words": f"{r[m]['answer_words']:.0f}" if "answer_words" in r[m] else "-"}
+        for r in summary["breakdown"].get("origin", []) for m in models])
     return out
+
+
+def origin_lines(summary: dict[str, Any]) -> list[str]:
+    """The headline per origin: each model's domain accuracy and semantic similarity on the
+    questions of one origin (the figures to read beside an overall mean)."""
+    lines = []
+    for r in summary["breakdown"].get("origin", []):
+        parts = [f"{m} {r[m]['domain_accuracy']:.3f}" + (f" (similarity {r[m]['semantic_similarity']:.3f})"
+                                                          if "semantic_similarity" in r[m] else "")
+                 for m in summary["models"]]
+        lines.append(f"Domain accuracy on {r['origin']} questions (n={r['n']}): " + ", ".join(parts) + ".")
+    return lines
 
 
 def _num(v: float | None) -> str:
@@ -230,11 +257,23 @@ def write_report(out: Path, summary: dict[str, Any], table: pd.DataFrame, facts:
         rel = relative_improvement(summary, m)
         if rel is not None:
             intro.append(f"Domain accuracy of {m} relative to {summary['reference']}: {rel:+.1%}.")
+        sim = summary["comparisons"][m]["semantic_similarity"]
+        base_sim = sim["mean_a"]
+        intro.append(f"Semantic similarity of {m} against {summary['reference']}: {sim['mean_b']:.3f} vs {base_sim:.3f} "
+                     + (f"({(sim['mean_b'] - base_sim) / base_sim:+.1%}), " if base_sim else "")
+                     + f"paired difference {sim['difference']:+.3f} [{sim['low']:+.3f}, {sim['high']:+.3f}], "
+                     f"p={_p(sim['p_permutation'])} (permutation), n={sim['n']}"
+                     + (f"; the test detects a true difference of {sim['detectable']:.3f} or more 80% of the time"
+                        if "detectable" in sim else "") + ".")
+    intro += origin_lines(summary)
+    if summary.get("answer_words"):
+        intro.append("Mean answer length (words): " + ", ".join(f"{m} {w:.0f}" for m, w in summary["answer_words"].items())
+                     + " — a shorter answer scores higher on whole-answer F1 and similarity against a terse reference.")
     errs = {m: n for m, n in summary["request_errors"].items() if n}
     if errs:
         intro.append(f"Failed requests (scored as wrong answers): {errs}.")
     sections = [("Metrics", t["means"]), ("Paired comparisons", t["comparisons"]), ("By topic", t["by_topic"]),
-                ("By origin", t["by_origin"])]
+                ("By origin (domain accuracy)", t["by_origin"]), ("By origin (all headline metrics)", t["by_origin_all"])]
     if human:
         h = human_tables(human, models)
         intro.append(f"Human evaluation (study {human['study']}): {human['ratings']} ratings by "

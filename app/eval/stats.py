@@ -39,6 +39,7 @@ class PairedComparison:
     n: int
     wins_b: int  # examples where B scored higher
     wins_a: int
+    detectable: float  # smallest true mean difference found 80% of the time at this n (two-sided 5%)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -112,7 +113,18 @@ def paired_comparison(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.n
         p_boot = float(min(1.0, (np.sum(np.abs(centred) >= abs(observed) - 1e-12) + 1) / (samples + 1)))
     p_perm = sign_flip_p(d, samples, rng)
     return PairedComparison(float(x.mean()), float(y.mean()), observed, low, high, p_boot, p_perm, int(x.size),
-                            int((d > 0).sum()), int((d < 0).sum()))
+                            int((d > 0).sum()), int((d < 0).sum()), detectable_difference(d))
+
+
+def detectable_difference(d: np.ndarray, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Minimum detectable mean difference of a paired test at this n: (z_{1-alpha/2} + z_power) x SD of
+    the paired differences / sqrt(n) (normal approximation; the observed SD stands in for the true one)."""
+    from statistics import NormalDist
+
+    if d.size < 2:
+        return float("inf")
+    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
+    return float(z * d.std(ddof=1) / np.sqrt(d.size))
 
 
 def sign_flip_p(d: np.ndarray, samples: int, rng: np.random.Generator) -> float:

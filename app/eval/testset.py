@@ -54,7 +54,7 @@ def read_jsonl(path: Path) -> pd.DataFrame:
             continue
         rows.append({"example_id": str(obj.get("id") or pair_id("human", path.name, question)), "question": question.strip(),
                      "reference": reference.strip(), "context": context.strip(),
-                     "topic": str(obj.get("topic") or "unlabelled"), "origin": str(obj.get("origin") or "human"),
+                     "topic": str(obj.get("topic") or "unlabelled"), "origin": origin_of(str(obj.get("origin") or "human")),
                      "context_source": "given" if context.strip() else ""})
     if problems:
         shown = "; ".join(problems[:10]) + (f"; … {len(problems) - 10} more" if len(problems) > 10 else "")
@@ -78,12 +78,22 @@ def dataset_split(path: Path, split: str = "test") -> pd.DataFrame:
         raise EvalDataError(f"the {split} split of {path} is empty")
     return pd.DataFrame({"example_id": df["pair_id"], "question": df["question"], "reference": df["answer"],
                          "context": df["context"].fillna(""), "topic": df["topic"].fillna("unlabelled"),
-                         "origin": df["generator"].map(origin_of), "context_source": "dataset"})[COLUMNS]
+                         "origin": (df["origin"] if "origin" in df else df["generator"]).map(origin_of),
+                         "context_source": "dataset"})[COLUMNS]
 
 
-def origin_of(generator: str) -> str:
-    """Generator families for breakdowns: 'llm:<model>' -> 'llm', 'extract:<rule>' -> 'extract'."""
-    return str(generator).split(":", 1)[0] if generator else "unknown"
+def origin_of(origin: str) -> str:
+    """Who wrote a question, for breakdowns: 'extracted:<kind>' (or a bare extraction kind) ->
+    'extracted' (by rule from the text), 'llm:<model>' / 'llm_question' -> 'LLM-written', 'human' ->
+    'human-written'; anything else as it is."""
+    from app.data.schema import GENERATORS
+
+    family = str(origin).split(":", 1)[0] if origin else "unknown"
+    if family in ("llm", "llm_question"):
+        return "LLM-written"
+    if family in ("extracted", "extract") or family in GENERATORS:
+        return "extracted"
+    return "human-written" if family == "human" else family
 
 
 def sample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:

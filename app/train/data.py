@@ -32,14 +32,34 @@ def _ids(encoded: Any) -> list[int]:
     return list(encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded)
 
 
+def with_distractors(context: str, distractors: list[str], source_at: int, tokenizer: Any, max_tokens: int) -> str:
+    """The source passage whole (its first ``max_tokens`` tokens) at position ``source_at`` among the
+    distractor passages, which share what is left of the budget in order (later ones cut first)."""
+    source = truncate_context(context, tokenizer, max_tokens)
+    left = max_tokens - len(tokenizer(source, add_special_tokens=False)["input_ids"])
+    kept = []
+    for d in distractors:
+        if left < 32:  # a scrap of a passage teaches nothing
+            break
+        d = truncate_context(d, tokenizer, left)
+        kept.append(d)
+        left -= len(tokenizer(d, add_special_tokens=False)["input_ids"]) + 2
+    passages = kept[:source_at] + [source] + kept[source_at:]
+    return "\n\n".join(p.strip() for p in passages)
+
+
 def encode_example(tokenizer: Any, question: str, answer: str, context: str | None,
-                   prompt: PromptConfig) -> dict[str, list[int]]:
-    """Token ids of the whole conversation and labels masked to the answer.
+                   prompt: PromptConfig, distractors: list[str] | None = None,
+                   source_at: int = 0) -> dict[str, list[int]]:
+    """Token ids of the whole conversation and labels masked to the answer (with ``distractors``,
+    the context is the source passage among them: see :func:`with_distractors`).
 
     Raises TemplateError when the template renders the prompt differently once an answer follows
     (the answer span could not be located reliably).
     """
-    if prompt.use_context and context:
+    if prompt.use_context and context and distractors:
+        context = with_distractors(context, distractors, source_at, tokenizer, prompt.max_context_tokens)
+    elif prompt.use_context and context:
         context = truncate_context(context, tokenizer, prompt.max_context_tokens)
     prompt_ids = _ids(tokenizer.apply_chat_template(qa_messages(question, context, prompt), add_generation_prompt=True,
                                                     tokenize=True, return_dict=False))
@@ -68,8 +88,11 @@ def tokenize_batch(batch: pd.DataFrame, model_path: str, prompt: dict[str, Any],
     cfg = PromptConfig.model_validate(prompt)
     ids, labels, n_tokens, n_answer, too_long = [], [], [], [], []
     contexts = batch["context"] if "context" in batch else [None] * len(batch)
-    for q, a, c in zip(batch["question"], batch["answer"], contexts):
-        ex = encode_example(tokenizer, str(q), str(a), c if isinstance(c, str) else None, cfg)
+    distractors = batch["distractors"] if "distractors" in batch else [None] * len(batch)
+    positions = batch["source_at"] if "source_at" in batch else [0] * len(batch)
+    for q, a, c, d, at in zip(batch["question"], batch["answer"], contexts, distractors, positions):
+        ex = encode_example(tokenizer, str(q), str(a), c if isinstance(c, str) else None, cfg,
+                            [str(x) for x in d] if isinstance(d, (list, np.ndarray)) and len(d) else None, int(at))
         n = len(ex["input_ids"])
         ids.append(np.asarray(ex["input_ids"][:max_seq_len], dtype=np.int64))
         labels.append(np.asarray(ex["labels"][:max_seq_len], dtype=np.int64))
@@ -77,6 +100,27 @@ def tokenize_batch(batch: pd.DataFrame, model_path: str, prompt: dict[str, Any],
         n_answer.append(sum(t != IGNORE_INDEX for t in ex["labels"]))
         too_long.append(n > max_seq_len)
     return batch.assign(input_ids=ids, labels=labels, n_tokens=n_tokens, n_answer_tokens=n_answer, too_long=too_long)
+
+
+def add_distractors(frame: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
+    """Columns ``distractors`` (the ``k`` passages other than the example's own that BM25 ranks best
+    for its question, among the frame's distinct contexts) and ``source_at`` (where the own passage
+    goes among them, uniform and seeded by pair id): training contexts that look like retrieval's."""
+    import bm25s
+
+    passages = sorted(set(frame["context"].dropna()) - {""})
+    if k == 0 or len(passages) < 2:
+        return frame.assign(distractors=[[] for _ in range(len(frame))], source_at=0)
+    index = bm25s.BM25()
+    index.index(bm25s.tokenize(passages, stopwords="en", show_progress=False), show_progress=False)
+    hits, _ = index.retrieve(bm25s.tokenize(frame["question"].tolist(), stopwords="en", show_progress=False),
+                             k=min(k + 1, len(passages)), show_progress=False)
+    out, where = [], []
+    for pair_id, context, row in zip(frame["pair_id"], frame["context"], hits):
+        others = [passages[i] for i in row if passages[i] != context][:k]
+        out.append(others)
+        where.append(random.Random(f"{seed}:{pair_id}").randint(0, len(others)))
+    return frame.assign(distractors=out, source_at=where)
 
 
 def stratified_sample(records: list[dict[str, Any]], n: int, seed: int, key: str = "topic") -> list[dict[str, Any]]:

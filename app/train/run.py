@@ -112,7 +112,7 @@ def tokenized_datasets(cfg: ExperimentConfig, path: Path, model_path: Path,
     import ray
     from ray.data.expressions import col, lit
 
-    from app.train.data import tokenize_batch
+    from app.train.data import add_distractors, tokenize_batch
 
     max_len = cfg.training.max_seq_len or cfg.model.max_seq_len
     frames = []
@@ -120,6 +120,13 @@ def tokenized_datasets(cfg: ExperimentConfig, path: Path, model_path: Path,
         frame = pd.read_parquet(path / f"{split}.parquet", columns=["pair_id", "question", "answer", "context"])
         if frame.empty:
             raise DatasetError(f"the {split} split of {path} is empty")
+        if split == "train" and cfg.training.context_distractors and cfg.prompt.use_context:
+            # Distractors come from the training split's own passages: no validation or test text.
+            frame = add_distractors(frame, cfg.training.context_distractors, cfg.seed)
+            progress(f"  training contexts: own passage among {cfg.training.context_distractors} BM25-retrieved "
+                     "passages of other training chunks")
+        elif cfg.training.context_distractors and cfg.prompt.use_context:  # same columns in every split
+            frame = frame.assign(distractors=[[] for _ in range(len(frame))], source_at=0)
         frames.append(frame.assign(split=split))
     frame = pd.concat(frames, ignore_index=True)
     # A few blocks: parallel tokenization, and room for Ray Train to give every worker its share.
@@ -219,9 +226,9 @@ def compare_on_validation(cfg: ExperimentConfig, path: Path, models: dict[str, P
     per-example table (question, reference, each model's answer and scores)."""
     import ray
 
-    from app.eval.metrics import mean_scores, score_answers
+    from app.eval.metrics import DomainRule, mean_scores, score_answers
 
-    t, e = cfg.training, cfg.evaluation
+    t = cfg.training
     from app.train.data import stratified_sample
 
     frame = pd.read_parquet(path / "validation.parquet").sort_values("pair_id").reset_index(drop=True)
@@ -229,6 +236,7 @@ def compare_on_validation(cfg: ExperimentConfig, path: Path, models: dict[str, P
         keep = {r["pair_id"] for r in stratified_sample(frame.to_dict("records"), t.compare_samples, cfg.seed)}
         frame = frame[frame["pair_id"].isin(keep)].reset_index(drop=True)
     records = frame[["pair_id", "question", "answer", "context", "topic", "generator"]].to_dict("records")
+    from app.eval.testset import origin_of
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // len(models))
     threads = max(1, min(cpus, t.cpus_per_worker * t.num_workers // len(models) or 1))
     task = ray.remote(num_cpus=threads)(answer_split)
@@ -240,9 +248,10 @@ def compare_on_validation(cfg: ExperimentConfig, path: Path, models: dict[str, P
     answers = {name: ray.get(ref) for name, ref in refs.items()}
     progress(f"  answered in {time.time() - started:.0f} s")
     table = frame[["pair_id", "topic", "generator", "question", "answer"]].rename(columns={"answer": "reference"})
+    table.insert(3, "origin", frame["origin"].map(origin_of) if "origin" in frame else "unknown")
     summary = {}
     for name, preds in answers.items():
-        rows = score_answers(preds, table["reference"].tolist(), e.f1_threshold, e.similarity_threshold, e.domain_rule)
+        rows = score_answers(preds, table["reference"].tolist(), DomainRule.of(cfg.evaluation))
         table[f"{name}_answer"] = preds
         for k in rows[0]:
             table[f"{name}_{k}"] = [r[k] for r in rows]
@@ -394,12 +403,16 @@ def finetune(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
                 metrics["compare_relative_improvement"] = rel
             log_step_metrics(metrics, step=best_state["step"])
             log_table(table.to_dict("records"), "compare/validation_answers.json")
+            by_origin = {o: {"n": int(len(g)), **{m: float(g[f"{m}_domain_correct"].mean()) for m in ("base", "finetuned")}}
+                         for o, g in table.groupby("origin")}
             summary["validation_comparison"] = {
                 "examples": len(table), "base": means["base"], "finetuned": means["finetuned"],
-                "domain_accuracy": {"base": b, "finetuned": f, "relative_improvement": rel}}
+                "domain_accuracy": {"base": b, "finetuned": f, "relative_improvement": rel}, "by_origin": by_origin}
             progress(f"validation domain accuracy: base {b:.3f}, fine-tuned {f:.3f}"
                      + (f" ({rel:+.0%} relative)" if rel is not None else "")
-                     + f"; token F1 {means['base']['token_f1']:.3f} -> {means['finetuned']['token_f1']:.3f}")
+                     + f"; token F1 {means['base']['token_f1']:.3f} -> {means['finetuned']['token_f1']:.3f}; "
+                     + "by origin: " + ", ".join(f"{o} (n={v['n']}) {v['base']:.3f} -> {v['finetuned']:.3f}"
+                                                 for o, v in by_origin.items()))
     ck.write_run(run_dir, {**ck.read_run(run_dir), "completed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            "best": best.name, "output_model": output_model})
     return summary

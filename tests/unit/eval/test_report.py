@@ -49,5 +49,5 @@ def test_report_files(tmp_path):
     assert "## Paired comparisons" in md and "90% percentile bootstrap" in md and "![means](means.png)" in md
     assert "Domain accuracy of tuned relative to base: +" in md
     html = files["html"].read_text()
-    assert html.count("<table") == 5 and html.count("data:image/png;base64,") == 2
+    assert html.count("<table") == 6 and html.count("data:image/png;base64,") == 2
     assert files["means"].stat().st_size > 1000

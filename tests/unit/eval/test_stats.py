@@ -48,3 +48,13 @@ def test_paired_comparison_finds_a_real_difference_and_not_a_fake_one():
 def test_holm_by_hand():
     # Sorted 0.01, 0.02, 0.04 times 3, 2, 1: 0.03, 0.04, 0.04 (monotone), back in input order.
     assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+
+
+def test_detectable_difference_by_hand():
+    import numpy as np
+
+    from app.eval.stats import detectable_difference
+
+    d = np.array([0.1, -0.1] * 50)  # SD 0.1005, n 100
+    assert detectable_difference(d) == pytest.approx((1.959964 + 0.841621) * d.std(ddof=1) / 10, rel=1e-4)
+    assert detectable_difference(np.array([0.3])) == float("inf")

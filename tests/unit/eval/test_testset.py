@@ -28,7 +28,7 @@ def test_jsonl_examples_and_defaults(tmp_path):
     df = read_jsonl(f)
     assert list(df["example_id"])[1] == "t2" and len(df["example_id"][0]) == 16
     assert list(df["reference"]) == ["A JSON formatted str.", "The csv module."]
-    assert list(df["topic"]) == ["json", "unlabelled"] and list(df["origin"]) == ["human", "human"]
+    assert list(df["topic"]) == ["json", "unlabelled"] and list(df["origin"]) == ["human-written"] * 2
     assert list(df["context_source"]) == ["", "given"]
 
 
@@ -55,7 +55,12 @@ def test_dataset_split_columns_and_stratified_sample(tmp_path):
              "generator": "llm:smollm2" if i % 2 else "extract:signature"} for i in range(12)]
     pd.DataFrame(rows).to_parquet(tmp_path / "test.parquet")
     df = dataset_split(tmp_path)
-    assert set(df["origin"]) == {"llm", "extract"} and set(df["context_source"]) == {"dataset"}
+    assert set(df["origin"]) == {"LLM-written", "extracted"} and set(df["context_source"]) == {"dataset"}
+    from app.eval.testset import origin_of
+
+    assert [origin_of(o) for o in ("extracted:definition", "statement", "llm:smollm2", "llm_question", "human",
+                                   "reviewer-x")] == ["extracted", "extracted", "LLM-written", "LLM-written",
+                                                      "human-written", "reviewer-x"]
     picked = sample(df, 6, seed=0)
     assert len(picked) == 6 and picked["topic"].value_counts().tolist() == [2, 2, 2]
     assert picked.equals(sample(df, 6, seed=0))

@@ -140,3 +140,33 @@ def test_stratified_sample_is_deterministic_and_covers_topics():
     assert a == stratified_sample(records, 8, seed=1)
     assert {r["topic"] for r in a} == {"t0", "t1", "t2", "t3"}
     assert stratified_sample(records, 100, seed=1) == records
+
+
+def test_distractors_keep_the_own_passage_whole_within_the_budget(tokenizer):
+    import pandas as pd
+
+    from app.train.data import add_distractors, with_distractors
+
+    passages = {
+        "json": CONTEXT,
+        "csv": "`csv.reader(csvfile)` : Return a reader object that iterates over lines in the given csvfile. " * 3,
+        "pickle": "`pickle.dumps(obj)` : Return the pickled representation of the object obj as a bytes object. " * 3,
+    }
+    frame = pd.DataFrame({"pair_id": ["p1", "p2", "p3"], "context": list(passages.values()),
+                          "question": ["What does json.dumps() do?", "What does csv.reader() return?",
+                                       "What does pickle.dumps() return?"], "answer": ["a", "b", "c"]})
+    got = add_distractors(frame, 1, seed=0)
+    again = add_distractors(frame, 1, seed=0)
+    assert got["source_at"].tolist() == again["source_at"].tolist()  # seeded by pair id
+    for own, others in zip(got["context"], got["distractors"]):
+        assert len(others) == 1 and own not in others
+    # The own passage stays whole at its place; the distractor is cut to what is left of the budget.
+    ctx = with_distractors(CONTEXT, [passages["csv"] * 10], 1, tokenizer, 120)
+    assert ctx.endswith(CONTEXT.strip()) and len(tokenizer(ctx, add_special_tokens=False)["input_ids"]) <= 122
+    first = with_distractors(CONTEXT, [passages["csv"] * 10], 0, tokenizer, 120)
+    assert first.startswith(CONTEXT.strip())
+    # No room left: the own passage alone.
+    assert with_distractors(CONTEXT, [passages["csv"]], 1, tokenizer, 60) == CONTEXT
+    ex = encode_example(tokenizer, "What does json.dumps() do?", "Serialize obj.", CONTEXT, PromptConfig(),
+                        [passages["csv"]], 0)
+    assert "csv.reader" in tokenizer.decode(ex["input_ids"])
