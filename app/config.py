@@ -497,6 +497,10 @@ class RetrievalConfig(_Section):
     top_k: PositiveInt = Field(2, le=20, description="Passages joined into the context, best first.")
     corpus_dir: str | None = Field(None, description="Folder of documents to index; None: data.docs_dir (or the "
                                    "embedded default corpus). Chunked as the dataset build chunks.")
+    scope: Literal["corpus", "topic"] = Field(
+        "corpus", description="corpus: every question searches the whole corpus. topic: a question whose topic "
+        "names a top-level folder of the corpus searches only that folder (a FAQ about one product searches that "
+        "product's manual, as its team's deployment would); other questions search everything.")
 
 
 class HumanEvalConfig(_Section):
@@ -520,8 +524,12 @@ class EvaluationConfig(_Section):
     test_set: str | None = Field(
         None, description="JSONL of questions (fields question and answer (or reference); context, topic "
         "optional). None: the test split of the latest dataset named data.name.")
-    max_examples: PositiveInt | None = Field(None, description="Evaluate at most this many examples "
-                                             "(stratified by topic); None: all.")
+    with_test_split: int = Field(
+        0, ge=0, description="With test_set: also evaluate this many examples of the latest dataset's test split "
+        "(stratified by topic) in the same run: one report, the per-origin figures and paired tests keep the "
+        "two apart. 0: none.")
+    max_examples: PositiveInt | None = Field(None, description="Evaluate at most this many examples of each "
+                                             "test set (stratified by topic); None: all.")
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     concurrency: PositiveInt = Field(4, description="Requests in flight per model.")
     timeout_s: PositiveFloat = Field(300.0, description="Total time allowed for one request.")

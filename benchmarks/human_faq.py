@@ -10,13 +10,14 @@
    versions in OUT/SOURCES.json).
 2. `jobs/build_dataset.py` on OUT/corpus (the manuals without their FAQs), as configured.
 3. `jobs/finetune.py` on that dataset, as configured.
-4. `jobs/evaluate.py` twice: the dataset's own test split (extracted / LLM-written questions) and
-   the FAQ questions with context retrieved from OUT/corpus (BM25, evaluation.retrieval), at most
-   --max-new-tokens new tokens (the FAQ's answers are paragraphs: median 112 words).
+4. `jobs/evaluate.py` once, on the FAQ questions (context retrieved from OUT/corpus by BM25,
+   evaluation.retrieval) together with --split-examples questions of the dataset's own test split
+   (evaluation.with_test_split; `--skip split` leaves them out), at most --max-new-tokens new tokens
+   (the FAQ's answers are paragraphs: median 112 words). One report, with per-origin paired tests.
 
-It prints, for the FAQ questions, base vs fine-tuned on every metric with the paired difference,
-its interval, the permutation p-value, n and the smallest difference the test detects 80% of the
-time; then per package, and the test split's figures per origin. Every stage is its own MLflow run.
+It prints base vs fine-tuned on the human-written questions on every headline metric with the
+paired difference, its interval, the permutation p-value, n and the smallest difference the test
+detects 80% of the time; then per origin and per package. Every stage is its own MLflow run.
 `--set` passes settings to every stage (the same as the jobs' own --set).
 """
 
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("--name", default="debian-qa", help="data.name of the dataset")
     ap.add_argument("--tag", default=time.strftime("%Y%m%d-%H%M%S"), help="suffix of the evaluation run names")
     ap.add_argument("--max-new-tokens", type=int, default=192)
+    ap.add_argument("--split-examples", type=int, default=120, help="test-split examples evaluated beside the FAQ")
     ap.add_argument("--skip", default="", help="comma-separated stages not to run: dataset, train, split")
     ap.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE")
     ap.add_argument("--debs", type=Path, help="passed to scripts/debian_faq.py")
@@ -94,19 +96,22 @@ def main() -> None:
         seconds["dataset"] = job("build_dataset.py", args.config, common)
     if "train" not in skip:
         seconds["train"] = job("finetune.py", args.config, common)
-    if "split" not in skip:
-        seconds["eval_split"] = job("evaluate.py", args.config, [*common, f"evaluation.run_name=split-{args.tag}"])
-    seconds["eval_faq"] = job("evaluate.py", args.config, [
+    seconds["evaluate"] = job("evaluate.py", args.config, [
         *common, f"evaluation.test_set={out / 'questions.jsonl'}", f"evaluation.retrieval.corpus_dir={out / 'corpus'}",
-        f"evaluation.max_new_tokens={args.max_new_tokens}", f"evaluation.run_name=faq-{args.tag}"])
+        f"evaluation.with_test_split={0 if 'split' in skip else args.split_examples}",
+        f"evaluation.max_new_tokens={args.max_new_tokens}",
+        f"evaluation.run_name=faq-{args.tag}"])
     from app.config import load_config
 
     cfg = load_config(ROOT / args.config, common)
-    root = cfg.paths.resolved_home() / "eval"
-    if "split" not in skip:
-        show(json.loads((root / f"split-{args.tag}" / "summary.json").read_text()), "Test split of the dataset")
-    show(json.loads((root / f"faq-{args.tag}" / "summary.json").read_text()),
-         f"Human-written FAQ questions ({sources['questions']} from {len(sources['packages'])} packages)")
+    summary = json.loads((cfg.paths.resolved_home() / "eval" / f"faq-{args.tag}" / "summary.json").read_text())
+    show(summary, f"All questions ({summary['examples']})")
+    tuned = summary["models"][1]
+    for origin, per in summary.get("comparisons_by_origin", {}).items():
+        print(f"\n{origin}: " + "; ".join(
+            f"{k} {c['mean_a']:.3f} -> {c['mean_b']:.3f} ({(c['mean_b'] - c['mean_a']) / c['mean_a']:+.1%}), "
+            f"diff {c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}], p={c['p_permutation']:.4f}, "
+            f"n={c['n']}, detectable {c['detectable']:.3f}" for k, c in per[tuned].items() if c["mean_a"]))
     print("\nseconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
 
 

@@ -92,6 +92,38 @@ def _page_bytes(page: Path) -> tuple[str, bytes] | None:
     return None
 
 
+def man_page_markdown(page: Path) -> str | None:
+    """A man page rendered by groff (plain text, wide lines, no hyphenation) as Markdown: section
+    headings as `##`, indented paragraphs joined; None when groff is missing or renders nothing."""
+    if shutil.which("groff") is None:
+        return None
+    data = gzip.decompress(page.read_bytes()) if page.name.endswith(".gz") else page.read_bytes()
+    done = subprocess.run(["groff", "-man", "-Tutf8", "-P-cbou", "-rLL=300n", "-rHY=0", "-dAD=l"], input=data,
+                          capture_output=True)
+    lines = done.stdout.decode("utf-8", errors="replace").splitlines()
+    filled = [k for k, line in enumerate(lines) if line.strip()]
+    if len(filled) < 3:
+        return None
+    out, para = [], []
+
+    def flush() -> None:
+        if para:
+            out.append(" ".join(" ".join(para).split()))
+            para.clear()
+
+    for line in lines[filled[0] + 1:filled[-1]]:  # without the page's header and footer lines
+        if not line.strip():
+            flush()
+        elif not line.startswith(" "):
+            flush()
+            out.append(f"## {line.strip()}")
+        else:
+            para.append(line.strip())
+    flush()
+    text = "\n\n".join(out)
+    return text if len(text.split()) >= 30 else None
+
+
 def convert(deb: Path, out: Path, hold_out: list[str], include: list[str] | None = None, text_docs: bool = False,
             held_out_to: Path | None = None, doc_dir: str | None = None) -> dict:
     """Every HTML page under /usr/share/doc (and, with ``text_docs``, Markdown and plain-text documents)
@@ -114,7 +146,7 @@ def convert(deb: Path, out: Path, hold_out: list[str], include: list[str] | None
             got = _page_bytes(p) if p.is_file() and not p.is_symlink() else None
             if got and (text_docs or got[0].lower().endswith((".html", ".htm"))):
                 pages.append((p, *got))
-        if not pages:
+        if not pages and not text_docs:
             sys.exit(f"error: {deb.name} has no HTML pages under /usr/share/doc")
         for page, name, data in pages:
             rel = page.relative_to(base if page.is_relative_to(base) else root).as_posix()
@@ -138,6 +170,27 @@ def convert(deb: Path, out: Path, hold_out: list[str], include: list[str] | None
             data = dest.read_bytes()
             files.append({"path": dest.relative_to(target_root).as_posix(), "held_out": target_root == held,
                           "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        if text_docs:  # man pages too (section 1 and 3 are the command and the API reference)
+            for page in sorted((Path(tmp) / "usr" / "share" / "man").glob("man[1-8]/*")):
+                if not page.is_file() or page.is_symlink():
+                    continue
+                rel = f"man/{page.name.removesuffix('.gz')}"
+                text = man_page_markdown(page)
+                if text is None:
+                    skipped.append({"path": rel, "reason": "groff rendered under 30 words (or is missing)"})
+                    continue
+                target_root = held if any(fnmatch.fnmatch(rel, pat) for pat in hold_out) else out
+                dest = target_root / f"{rel}.md"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                title = page.name.removesuffix(".gz")
+                dest.write_text(front_matter(title=title, source=f"{package} {version}: /usr/share/man/"
+                                             f"{page.parent.name}/{page.name}") + f"# {title}\n\n{text}\n",
+                                encoding="utf-8")
+                data = dest.read_bytes()
+                files.append({"path": dest.relative_to(target_root).as_posix(), "held_out": target_root == held,
+                              "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    if not files:
+        sys.exit(f"error: {deb.name} has no page to convert under /usr/share/doc" + (" or /usr/share/man" if text_docs else ""))
     kept = [f for f in files if not f["held_out"]]
     source = {"package": package, "version": version, "deb": deb.name, "deb_sha256": sha256(deb),
               "converter": "app.data.formats.parse_document", "hold_out": hold_out,

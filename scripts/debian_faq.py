@@ -159,11 +159,13 @@ def parse_apache_ssl(page: str) -> list[tuple[str, str]]:
 
 # package -> where its manual lives (/usr/share/doc/<doc_dir>, default the package's name), the FAQ's
 # files (globs there), its parser, what of the rest is the manual (include globs; default every page)
-# and whether Markdown/plain-text documents count as pages (curl's manual is Markdown).
+# whether Markdown/plain-text documents and man pages count as pages (curl's manual is Markdown and
+# man pages), and other packages whose documentation belongs to the same manual.
 PACKAGES = {
     "git-doc": {"faq": ["gitfaq.html", "gitfaq.txt"], "parse": parse_gitfaq},
     "sqlite3-doc": {"doc_dir": "sqlite3", "faq": ["faq.html"], "parse": parse_sqlite},
-    "libcurl4-doc": {"doc_dir": "libcurl4", "faq": ["FAQ.gz"], "parse": parse_curl, "text_docs": True},
+    "libcurl4-doc": {"doc_dir": "libcurl4", "faq": ["FAQ.gz"], "parse": parse_curl, "text_docs": True,
+                     "with": ["curl"]},  # curl(1), the command's manual, is in the curl package
     "zsh-doc": {"doc_dir": "zsh-common", "faq": ["html/FAQ*.html", "html/The-Zsh-FAQ.html"], "parse": parse_zsh},
     "apache2-doc": {"faq": ["manual/en/ssl/ssl_faq.html"], "parse": parse_apache_ssl, "include": ["manual/en/*"]},
 }
@@ -190,6 +192,14 @@ def build(package: str, deb: Path, out: Path) -> dict:
     corpus, held = out / "corpus" / package, out / "held-out" / package
     source = debian_docs.convert(deb, corpus, spec["faq"], include=spec.get("include"),
                                  text_docs=spec.get("text_docs", False), held_out_to=held, doc_dir=spec.get("doc_dir"))
+    for extra in spec.get("with", []):
+        found = sorted(deb.parent.glob(f"{extra}_*.deb"))
+        extra_deb = found[-1] if found else debian_docs.download(extra, deb.parent)
+        more = debian_docs.convert(extra_deb, corpus / extra, [], text_docs=True, held_out_to=held / extra)
+        source.setdefault("with", []).append({k: more[k] for k in ("package", "version", "deb", "deb_sha256", "files",
+                                                                   "bytes")})
+        source["files"] += more["files"]
+        source["bytes"] += more["bytes"]
     with tempfile.TemporaryDirectory() as tmp:  # the FAQ in its original layout, for its parser
         subprocess.run(["dpkg-deb", "-x", str(deb), tmp], check=True)
         root = debian_docs.doc_root(Path(tmp), package, spec.get("doc_dir"))
@@ -215,6 +225,7 @@ def build(package: str, deb: Path, out: Path) -> dict:
                      "source": f"{package} {source['version']}: {', '.join(spec['faq'])}"})
     return {"package": package, "version": source["version"], "deb": source["deb"], "deb_sha256": source["deb_sha256"],
             "faq_files": source["held_out_files"], "corpus_pages": source["files"], "corpus_bytes": source["bytes"],
+            "with_packages": source.get("with", []),
             "questions": len(rows), "dropped": dropped, "answer_sentences": n_sent,
             "answer_sentences_in_corpus": n_copied, "rows": rows}
 

@@ -31,6 +31,7 @@ LABELS = {"domain_correct": "domain accuracy", "exact_match": "exact match", "to
           "semantic_similarity": "semantic similarity", "bleu": "BLEU (sentence)", "rouge1": "ROUGE-1",
           "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "judge_correct": "LLM-judge accuracy"}
 OPTIONAL_METRICS = ["judge_correct"]  # present when evaluation.judge is set
+ORIGIN_METRICS = ["semantic_similarity", "token_f1", "domain_correct"]  # paired again within each origin
 
 
 def col(model: str, metric: str) -> str:
@@ -62,9 +63,17 @@ def summarize(table: pd.DataFrame, models: list[str], samples: int, confidence: 
             per[k]["p_holm"] = p
         comparisons[m] = per
     breakdown = {by: _breakdown(table, models, by, samples, confidence, seed) for by in ("topic", "origin")}
+    # The paired tests again within each origin: a headline over mostly extracted questions can hide
+    # the opposite result on the human-written ones.
+    by_origin = {}
+    if table["origin"].nunique() > 1:
+        for origin, group in table.groupby("origin", sort=True):
+            by_origin[str(origin)] = {m: {k: paired_comparison(group[col(ref, k)], group[col(m, k)], samples, confidence,
+                                                               seed).as_dict() for k in ORIGIN_METRICS}
+                                      for m in models[1:]}
     return {"examples": int(len(table)), "models": models, "metrics": metrics, "reference": ref, "confidence": confidence,
             "bootstrap_samples": samples, "means": means, "corpus_bleu": corpus_bleu or {},
-            "comparisons": comparisons, "breakdown": breakdown,
+            "comparisons": comparisons, "comparisons_by_origin": by_origin, "breakdown": breakdown,
             "answer_words": {m: float(table[col(m, "answer_words")].mean()) for m in models
                              if col(m, "answer_words") in table},
             "request_errors": {m: int((table[col(m, "error")] != "").sum()) for m in models}}
@@ -116,6 +125,16 @@ def tables(summary: dict[str, Any]) -> dict[str, pd.DataFrame]:
                               "p (Holm)": _p(c["p_holm"]), "better/worse": f"{c['wins_b']}/{c['wins_a']}",
                               "detectable (80% power)": f"{c['detectable']:.3f}" if "detectable" in c else "-"})
     out = {"means": means, "comparisons": pd.DataFrame(comp_rows)}
+    origin_rows = []
+    for origin, per_model in summary.get("comparisons_by_origin", {}).items():
+        for m, per in per_model.items():
+            for k, c in per.items():
+                origin_rows.append({"origin": origin, "n": c["n"], "model": m, "metric": LABELS[k],
+                                    f"{ref}": f"{c['mean_a']:.3f}", "model mean": f"{c['mean_b']:.3f}",
+                                    "difference [CI]": f"{c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]",
+                                    "p (permutation)": _p(c["p_permutation"]),
+                                    "detectable (80% power)": f"{c['detectable']:.3f}"})
+    out["comparisons_by_origin"] = pd.DataFrame(origin_rows)
     for by, rows in summary["breakdown"].items():
         out[f"by_{by}"] = pd.DataFrame([{by: r[by], "n": r["n"], **{
             m: f"{r[m]['domain_accuracy']:.3f} [{r[m]['low']:.3f}, {r[m]['high']:.3f}]" for m in models}} for r in rows])
@@ -136,7 +155,12 @@ def origin_lines(summary: dict[str, Any]) -> list[str]:
         parts = [f"{m} {r[m]['domain_accuracy']:.3f}" + (f" (similarity {r[m]['semantic_similarity']:.3f})"
                                                           if "semantic_similarity" in r[m] else "")
                  for m in summary["models"]]
-        lines.append(f"Domain accuracy on {r['origin']} questions (n={r['n']}): " + ", ".join(parts) + ".")
+        line = f"Domain accuracy on {r['origin']} questions (n={r['n']}): " + ", ".join(parts) + "."
+        for m, per in summary.get("comparisons_by_origin", {}).get(r["origin"], {}).items():
+            c = per["semantic_similarity"]
+            line += (f" {m} minus {summary['reference']} in similarity: {c['difference']:+.3f} "
+                     f"[{c['low']:+.3f}, {c['high']:+.3f}], p={_p(c['p_permutation'])}, detectable {c['detectable']:.3f}.")
+        lines.append(line)
     return lines
 
 
@@ -245,7 +269,9 @@ def write_report(out: Path, summary: dict[str, Any], table: pd.DataFrame, facts:
     intro = [
         f"Test set: {facts['test_set']} — {summary['examples']} examples"
         + (f" ({facts['retrieval']['retrieved']} with context retrieved by {facts['retrieval']['method']}, "
-           f"top {facts['retrieval']['top_k']})" if facts.get("retrieval", {}).get("retrieved") else ""),
+           f"top {facts['retrieval']['top_k']}"
+           + (", within the question's topic folder" if facts["retrieval"].get("scope") == "topic" else "") + ")"
+           if facts.get("retrieval", {}).get("retrieved") else ""),
         f"Decoding: greedy (temperature 0), at most {facts['max_new_tokens']} new tokens, the training prompt format.",
         f"Domain accuracy: {facts['domain_definition']}.",
         *([f"LLM-judge accuracy: {facts['judge']['definition']}"] if facts.get("judge") else []),
@@ -274,6 +300,8 @@ def write_report(out: Path, summary: dict[str, Any], table: pd.DataFrame, facts:
         intro.append(f"Failed requests (scored as wrong answers): {errs}.")
     sections = [("Metrics", t["means"]), ("Paired comparisons", t["comparisons"]), ("By topic", t["by_topic"]),
                 ("By origin (domain accuracy)", t["by_origin"]), ("By origin (all headline metrics)", t["by_origin_all"])]
+    if not t["comparisons_by_origin"].empty:
+        sections.append(("Paired comparisons within each origin", t["comparisons_by_origin"]))
     if human:
         h = human_tables(human, models)
         intro.append(f"Human evaluation (study {human['study']}): {human['ratings']} ratings by "

@@ -21,7 +21,7 @@ import pandas as pd
 from app.config import EvalModel, ExperimentConfig
 from app.eval.answer import EvalError, answer_all, prompts
 from app.eval.report import METRICS, col, metrics_of, relative_improvement, summarize, write_report
-from app.eval.testset import dataset_split, fill_contexts, read_jsonl, sample
+from app.eval.testset import EvalDataError, dataset_split, fill_contexts, read_jsonl, sample
 
 
 def eval_root(cfg: ExperimentConfig) -> Path:
@@ -54,15 +54,26 @@ def score(frame: pd.DataFrame, answers: list[str], cfg: ExperimentConfig) -> pd.
 
 def load_test_set(cfg: ExperimentConfig, progress: Callable[[str], None]) -> tuple[pd.DataFrame, str]:
     e = cfg.evaluation
+    frames, names = [], []
     if e.test_set:
         path = Path(e.test_set).expanduser().resolve()
-        frame, name = read_jsonl(path), str(path)
-    else:
+        frames.append(read_jsonl(path))
+        names.append(str(path))
+    if not e.test_set or e.with_test_split:
         from app.data.build import latest_dataset
 
         path = latest_dataset(cfg)
-        frame, name = dataset_split(path), f"test split of {path.name}"
-    frame = sample(frame, e.max_examples, cfg.seed)
+        split = dataset_split(path)
+        if e.test_set:
+            split = sample(split, e.with_test_split, cfg.seed)
+        frames.append(split)
+        names.append(f"test split of {path.name}" + (f" ({len(split)} examples)" if e.test_set else ""))
+    frames = [sample(f, e.max_examples, cfg.seed) for f in frames]  # max_examples from each set
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    dupes = frame["example_id"][frame["example_id"].duplicated()].unique().tolist()
+    if dupes:
+        raise EvalDataError(f"example ids in both {names[0]} and {names[1]}: {dupes[:5]}")
+    name = " + ".join(names)
     progress(f"test set: {name}, {len(frame)} examples, {frame['topic'].nunique()} topics")
     return frame, name
 

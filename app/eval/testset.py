@@ -169,8 +169,20 @@ def fill_contexts(frame: pd.DataFrame, cfg: ExperimentConfig, tokenizer_file: Pa
     chunks = corpus_chunks(cfg, tokenizer_file, progress)
     progress(f"retrieving context for {int(missing.sum())} questions ({r.method}, top {r.top_k} of {len(chunks)} "
              "passages)")
-    retriever = Retriever(chunks, r)
     frame = frame.copy()
-    frame.loc[missing, "context"] = retriever.contexts(frame.loc[missing, "question"].tolist())
-    frame.loc[missing, "context_source"] = f"retrieved:{r.method}"
-    return frame, {"retrieved": int(missing.sum()), "method": r.method, "top_k": r.top_k, "passages": len(chunks)}
+    groups = {"": missing}
+    if r.scope == "topic":
+        folders = {c["doc_path"].split("/", 1)[0] for c in chunks if "/" in c["doc_path"]}
+        scoped = {t: missing & (frame["topic"] == t) for t in folders if (missing & (frame["topic"] == t)).any()}
+        rest = missing.copy()
+        for m in scoped.values():
+            rest &= ~m
+        groups = {**scoped, **({"": rest} if rest.any() else {})}
+        progress(f"  retrieval scoped by topic: {', '.join(f'{t} ({int(m.sum())})' for t, m in scoped.items())}"
+                 + (f"; {int(rest.sum())} questions search the whole corpus" if rest.any() else ""))
+    for topic, rows in groups.items():
+        part = [c for c in chunks if c["doc_path"].startswith(topic + "/")] if topic else chunks
+        frame.loc[rows, "context"] = Retriever(part, r).contexts(frame.loc[rows, "question"].tolist())
+    frame.loc[missing, "context_source"] = f"retrieved:{r.method}" + (":topic" if r.scope == "topic" else "")
+    return frame, {"retrieved": int(missing.sum()), "method": r.method, "top_k": r.top_k, "passages": len(chunks),
+                   "scope": r.scope}

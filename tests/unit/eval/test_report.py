@@ -34,6 +34,12 @@ def test_summary_means_comparisons_and_breakdowns():
     t0 = df[df["topic"] == "t0"]
     assert topics["t0"]["tuned"]["domain_accuracy"] == pytest.approx(t0[col("tuned", "domain_correct")].mean())
     assert {r["origin"] for r in s["breakdown"]["origin"]} == {"llm", "extract"}
+    # The paired tests again within each origin, with the detectable difference.
+    within = s["comparisons_by_origin"]["llm"]["tuned"]["domain_correct"]
+    llm = df[df["origin"] == "llm"]
+    assert within["n"] == len(llm) and within["difference"] == pytest.approx(
+        llm[col("tuned", "domain_correct")].mean() - llm[col("base", "domain_correct")].mean())
+    assert 0 < within["detectable"] < 1
     t = tables(s)
     assert list(t["means"].columns) == ["metric", "base", "tuned"] and "BLEU (corpus)" in t["means"]["metric"].tolist()
     assert len(t["comparisons"]) == len(METRICS)
@@ -48,6 +54,7 @@ def test_report_files(tmp_path):
     md = files["markdown"].read_text()
     assert "## Paired comparisons" in md and "90% percentile bootstrap" in md and "![means](means.png)" in md
     assert "Domain accuracy of tuned relative to base: +" in md
+    assert "Domain accuracy on llm questions (n=30): base" in md and "## Paired comparisons within each origin" in md
     html = files["html"].read_text()
-    assert html.count("<table") == 6 and html.count("data:image/png;base64,") == 2
+    assert html.count("<table") == 7 and html.count("data:image/png;base64,") == 2
     assert files["means"].stat().st_size > 1000

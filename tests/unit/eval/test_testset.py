@@ -78,3 +78,45 @@ def test_retrieval_finds_the_passage(method):
     assert contexts[0].startswith(CHUNKS[1]["text"])
     with pytest.raises(EvalDataError, match="no text to index"):
         Retriever([], RetrievalConfig())
+
+
+def test_a_test_set_with_the_test_split_in_one_run(tmp_path, monkeypatch):
+    from app.config import ExperimentConfig
+    from app.eval.run import load_test_set
+
+    monkeypatch.setenv("DOMAIN_LLM_HOME", str(tmp_path / "home"))
+    cfg = ExperimentConfig.model_validate({"data": {"name": "ds"}, "evaluation": {
+        "test_set": str(write(tmp_path / "h.jsonl", [{"question": f"Why {i}?", "answer": f"Because {i}.", "topic": "faq"}
+                                                      for i in range(5)])), "with_test_split": 4}})
+    version = tmp_path / "home/datasets/ds/v1"
+    version.mkdir(parents=True)
+    (version.parent / "LATEST").write_text("v1")
+    pd.DataFrame([{"pair_id": f"p{i}", "question": f"q{i}?", "answer": f"a{i}", "context": "c", "topic": f"t{i % 2}",
+                   "generator": "definition", "origin": "extracted:definition"} for i in range(10)]
+                 ).to_parquet(version / "test.parquet")
+    frame, name = load_test_set(cfg, lambda _: None)
+    assert frame["origin"].value_counts().to_dict() == {"human-written": 5, "extracted": 4}
+    assert "h.jsonl + test split of v1 (4 examples)" in name
+    alone, _ = load_test_set(cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(
+        update={"with_test_split": 0})}), lambda _: None)
+    assert set(alone["origin"]) == {"human-written"} and len(alone) == 5
+
+
+def test_retrieval_scoped_by_topic_searches_the_topics_folder(monkeypatch):
+    from app import config
+    from app.eval import testset
+
+    chunks = [{"doc_path": "curl/FAQ-like.md", "text": "curl stops a transfer when a callback returns an error."},
+              {"doc_path": "apache/proxy.md", "text": "mod_proxy stops a transfer when the backend times out."},
+              {"doc_path": "top.md", "text": "Nothing about transfers here at all."}]
+    monkeypatch.setattr(testset, "corpus_chunks", lambda *a: chunks)
+    frame = pd.DataFrame({"example_id": ["a", "b"], "question": ["How does mod_proxy stop a transfer?"] * 2,
+                          "reference": ["r", "r"], "context": ["", ""], "topic": ["curl", "other"],
+                          "origin": ["human-written"] * 2, "context_source": ["", ""]})
+    cfg = config.ExperimentConfig.model_validate({"evaluation": {"retrieval": {"top_k": 1, "scope": "topic"}}})
+    got, facts = testset.fill_contexts(frame, cfg, None, lambda _: None)
+    assert got["context"].tolist() == [chunks[0]["text"], chunks[1]["text"]]  # curl's folder only; the rest: all
+    assert facts["scope"] == "topic" and set(got["context_source"]) == {"retrieved:bm25:topic"}
+    whole, _ = testset.fill_contexts(frame, cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={
+        "retrieval": config.RetrievalConfig(top_k=1)})}), None, lambda _: None)
+    assert whole["context"].tolist() == [chunks[1]["text"]] * 2
