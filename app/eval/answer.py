@@ -88,7 +88,12 @@ def answer_all(frame: pd.DataFrame, messages: list[str], m: EvalModel, cfg: Expe
     progress(f"  {m.name}: {len(rows)} questions to {base} (model {model_id}, greedy, max {max_tokens} tokens)")
     started = last = time.time()
     got: dict[str, dict[str, Any]] = {}
-    for r in build_processor(config, preprocess=pre, postprocess=post)(ds).iter_rows():
+    # Light map stages: at Ray Data's default of one CPU per task they can take the CPUs the HTTP
+    # actors wait for while the Serve replicas hold the rest (three served models on 8 CPUs hung).
+    light = {"num_cpus": 0.1}
+    processor = build_processor(config, preprocess=pre, postprocess=post, preprocess_map_kwargs=light,
+                                postprocess_map_kwargs=light)
+    for r in processor(ds).iter_rows():
         got[r["example_id"]] = r
         if time.time() - last >= 30:
             last, rate = time.time(), len(got) / (time.time() - started)
