@@ -64,3 +64,21 @@ def test_convert_records_provenance_and_holds_out_the_faq(deb, tmp_path):
     other = tmp_path / "again"
     assert run("tool-doc", other, "--deb", deb).returncode == 0
     assert (other / "tool-commit.md").read_bytes() == (out / "tool-commit.md").read_bytes()
+
+
+@pytest.mark.skipif(shutil.which("groff") is None, reason="needs groff")
+def test_man_pages_become_markdown(tmp_path):
+    import gzip
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import debian_docs
+
+    roff = (".TH tool-run 1 \"2023\" \"tool 1.0\" \"Tool Manual\"\n.SH NAME\ntool-run \\- run the tool\n"
+            ".SH DESCRIPTION\n" + "The tool runs every configured step in order and stops at the first failure.\n" * 3
+            + ".SH OPTIONS\n.TP\n.B \\-v\nPrint each step before it runs.\n")
+    page = tmp_path / "tool-run.1.gz"
+    page.write_bytes(gzip.compress(roff.encode()))
+    text = debian_docs.man_page_markdown(page)
+    assert text.startswith("## NAME\n\ntool-run - run the tool\n\n## DESCRIPTION\n\nThe tool runs every configured step")
+    assert "## OPTIONS" in text and "Print each step before it runs." in text
+    assert "Tool Manual" not in text  # the page's header and footer lines are dropped
