@@ -294,7 +294,8 @@ def write_report(out: Path, summary: dict[str, Any], table: pd.DataFrame, facts:
     intro += origin_lines(summary)
     if summary.get("answer_words"):
         intro.append("Mean answer length (words): " + ", ".join(f"{m} {w:.0f}" for m, w in summary["answer_words"].items())
-                     + " — a shorter answer scores higher on whole-answer F1 and similarity against a terse reference.")
+                     + " — length moves whole-answer F1 and similarity: a shorter answer scores higher against a terse "
+                     "reference and lower against a paragraph one.")
     errs = {m: n for m, n in summary["request_errors"].items() if n}
     if errs:
         intro.append(f"Failed requests (scored as wrong answers): {errs}.")
