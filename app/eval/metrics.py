@@ -44,17 +44,6 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def semantic_similarity(predictions: list[str], references: list[str]) -> np.ndarray:
-    """Cosine of all-MiniLM-L6-v2 embeddings, one value per (prediction, reference) pair."""
-    from app.data.embed import embed, rowwise_cosine
-
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    if not predictions:
-        return np.zeros(0, dtype=np.float32)
-    return rowwise_cosine(embed(predictions), embed(references))
-
-
 # -- domain accuracy ------------------------------------------------------------------------------------
 #
 # The legacy rules compare the whole answer with the reference (token F1, MiniLM cosine): a correct
@@ -149,13 +138,13 @@ def answer_spans(text: str, longest: int = 3, limit: int = 12) -> list[str]:
     return list(dict.fromkeys(spans + [text.strip()]))
 
 
-def best_span_similarity(predictions: list[str], references: list[str]) -> np.ndarray:
-    """Per pair, the highest MiniLM cosine between the reference and any span of the prediction."""
+def best_span_similarity(predictions: list[str], refs: np.ndarray) -> np.ndarray:
+    """Per pair, the highest MiniLM cosine between the reference (its embedding, a row of ``refs``)
+    and any span of the prediction."""
     from app.data.embed import embed
 
     spans = [answer_spans(p) or [""] for p in predictions]
-    flat = [s for group in spans for s in group]
-    vectors, refs = embed(flat), embed(references)
+    vectors = embed([s for group in spans for s in group])
     out, at = np.zeros(len(predictions), dtype=np.float32), 0
     for i, group in enumerate(spans):
         out[i] = float((vectors[at:at + len(group)] @ refs[i]).max())
@@ -195,10 +184,18 @@ def domain_correct(f1: float, similarity: float, f1_threshold: float, similarity
 
 def score_answers(predictions: list[str], references: list[str], rule: DomainRule,
                   similarity: Iterable[float] | None = None) -> list[dict[str, float]]:
-    """Per-example exact_match, token_f1, semantic_similarity (whole answer against reference),
+    """Per-example exact_match, token_f1, semantic_similarity (all-MiniLM-L6-v2 cosine of the whole
+    answer and the reference, or ``similarity`` when given),
     reference_coverage (content-word recall), answer_words and domain_correct (0/1) under ``rule``."""
-    sims = np.asarray(list(similarity) if similarity is not None else semantic_similarity(predictions, references))
-    best = best_span_similarity(predictions, references) if rule.rule == "coverage" and predictions else None
+    from app.data.embed import embed, rowwise_cosine
+
+    coverage = rule.rule == "coverage"
+    if similarity is None and len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    # The references are embedded once, for the whole answer's similarity and for its spans'.
+    refs = embed(references) if similarity is None or coverage else None
+    sims = np.asarray(list(similarity)) if similarity is not None else rowwise_cosine(embed(predictions), refs)
+    best = best_span_similarity(predictions, refs) if coverage and predictions else None
     out = []
     for i, (pred, ref, sim) in enumerate(zip(predictions, references, sims)):
         f1, recall = token_f1(pred, ref), content_recall(pred, ref)

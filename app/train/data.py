@@ -104,20 +104,20 @@ def tokenize_batch(batch: pd.DataFrame, model_path: str, prompt: dict[str, Any],
 
 def add_distractors(frame: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
     """Columns ``distractors`` (the ``k`` passages other than the example's own that BM25 ranks best
-    for its question, among the frame's distinct contexts) and ``source_at`` (where the own passage
-    goes among them, uniform and seeded by pair id): training contexts that look like retrieval's."""
-    import bm25s
+    for its question, among the frame's distinct contexts; none when ``k`` is 0) and ``source_at``
+    (where the own passage goes among them, uniform and seeded by pair id): training contexts that
+    look like retrieval's."""
+    from app.config import RetrievalConfig
+    from app.eval.testset import Retriever
 
     passages = sorted(set(frame["context"].dropna()) - {""})
     if k == 0 or len(passages) < 2:
         return frame.assign(distractors=[[] for _ in range(len(frame))], source_at=0)
-    index = bm25s.BM25()
-    index.index(bm25s.tokenize(passages, stopwords="en", show_progress=False), show_progress=False)
-    hits, _ = index.retrieve(bm25s.tokenize(frame["question"].tolist(), stopwords="en", show_progress=False),
-                             k=min(k + 1, len(passages)), show_progress=False)
+    hits = Retriever([{"text": p} for p in passages], RetrievalConfig(method="bm25", top_k=k + 1)).search(
+        frame["question"].tolist())
     out, where = [], []
     for pair_id, context, row in zip(frame["pair_id"], frame["context"], hits):
-        others = [passages[i] for i in row if passages[i] != context][:k]
+        others = [passages[i] for i, _ in row if passages[i] != context][:k]
         out.append(others)
         where.append(random.Random(f"{seed}:{pair_id}").randint(0, len(others)))
     return frame.assign(distractors=out, source_at=where)

@@ -120,13 +120,12 @@ def tokenized_datasets(cfg: ExperimentConfig, path: Path, model_path: Path,
         frame = pd.read_parquet(path / f"{split}.parquet", columns=["pair_id", "question", "answer", "context"])
         if frame.empty:
             raise DatasetError(f"the {split} split of {path} is empty")
-        if split == "train" and cfg.training.context_distractors and cfg.prompt.use_context:
-            # Distractors come from the training split's own passages: no validation or test text.
-            frame = add_distractors(frame, cfg.training.context_distractors, cfg.seed)
-            progress(f"  training contexts: own passage among {cfg.training.context_distractors} BM25-retrieved "
-                     "passages of other training chunks")
-        elif cfg.training.context_distractors and cfg.prompt.use_context:  # same columns in every split
-            frame = frame.assign(distractors=[[] for _ in range(len(frame))], source_at=0)
+        k = cfg.training.context_distractors if cfg.prompt.use_context else 0
+        if k:  # the same columns in every split, distractors only in training's (its own passages: no
+            # validation or test text)
+            frame = add_distractors(frame, k if split == "train" else 0, cfg.seed)
+            if split == "train":
+                progress(f"  training contexts: own passage among {k} BM25-retrieved passages of other training chunks")
         frames.append(frame.assign(split=split))
     frame = pd.concat(frames, ignore_index=True)
     # A few blocks: parallel tokenization, and room for Ray Train to give every worker its share.
@@ -228,15 +227,16 @@ def compare_on_validation(cfg: ExperimentConfig, path: Path, models: dict[str, P
 
     from app.eval.metrics import DomainRule, mean_scores, score_answers
 
-    t = cfg.training
+    from app.eval.testset import origin_of
     from app.train.data import stratified_sample
+
+    t = cfg.training
 
     frame = pd.read_parquet(path / "validation.parquet").sort_values("pair_id").reset_index(drop=True)
     if t.compare_samples and t.compare_samples < len(frame):
         keep = {r["pair_id"] for r in stratified_sample(frame.to_dict("records"), t.compare_samples, cfg.seed)}
         frame = frame[frame["pair_id"].isin(keep)].reset_index(drop=True)
     records = frame[["pair_id", "question", "answer", "context", "topic", "generator"]].to_dict("records")
-    from app.eval.testset import origin_of
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // len(models))
     threads = max(1, min(cpus, t.cpus_per_worker * t.num_workers // len(models) or 1))
     task = ray.remote(num_cpus=threads)(answer_split)
@@ -248,7 +248,7 @@ def compare_on_validation(cfg: ExperimentConfig, path: Path, models: dict[str, P
     answers = {name: ray.get(ref) for name, ref in refs.items()}
     progress(f"  answered in {time.time() - started:.0f} s")
     table = frame[["pair_id", "topic", "generator", "question", "answer"]].rename(columns={"answer": "reference"})
-    table.insert(3, "origin", frame["origin"].map(origin_of) if "origin" in frame else "unknown")
+    table.insert(3, "origin", (frame["origin"] if "origin" in frame else frame["generator"]).map(origin_of))
     summary = {}
     for name, preds in answers.items():
         rows = score_answers(preds, table["reference"].tolist(), DomainRule.of(cfg.evaluation))
