@@ -7,6 +7,7 @@ record every failure as a rejected row with its reason, and keep the good pairs.
 """
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +30,16 @@ ASSIGNED: dict[str, str] = {}
 
 def mode_of(prompt: str) -> str:
     return ASSIGNED.setdefault(prompt, MODES[len(ASSIGNED) % len(MODES)])
+
+
+def good_completion(prompt: str) -> str:
+    """A pair that passes the form checks whichever chunk it is about (the good answer must not be
+    lost to quality: which chunks get it depends on arrival order). Distinct words only, so neither
+    the question nor the answer repeats itself, whatever the chunk's length or headings."""
+    text = prompt.split("\n\nWrite ")[0]
+    subject = list(dict.fromkeys(w.lower() for w in re.findall(r"[A-Za-z]{4,}", text)))[:6]
+    answer = " ".join(list(dict.fromkeys(text.split()))[-40:])
+    return f"Question: What does the documentation say about {' '.join(subject)}?\nAnswer: {answer}"
 
 
 class Endpoint(BaseHTTPRequestHandler):
@@ -69,9 +80,7 @@ class Endpoint(BaseHTTPRequestHandler):
             time.sleep(TIMEOUT_S * 2)  # past the client's timeout: every try of this prompt times out
             return self.send(504, b"too late", "text/plain")
         if mode == "good" or (mode == "retry_503" and not first) or mode == "timeout":
-            words = " ".join(prompt.split()[:8])
-            self.send(200, completion(f"Question: What does the documentation say about {words}?\n"
-                                      f"Answer: {prompt[300:600]}"))
+            self.send(200, completion(good_completion(prompt)))
         elif mode == "retry_503":
             self.send(503, b"busy", "text/plain")
         elif mode == "garbage":
@@ -138,7 +147,9 @@ def test_bad_responses_become_rejected_rows_not_a_failed_job(endpoint, docs, tmp
     assert f"request failed: timed out after {TIMEOUT_S:g} s (3 tries)" in reasons
     kept = pd.concat(pd.read_parquet(out / f"{s}.parquet") for s in ("train", "validation", "test"))
     good = sum(mode_of(p) in ("good", "retry_503") for p in Endpoint.seen)
-    assert good and len(kept) == good and kept["question"].str.startswith("What does the documentation say").all()
+    lost = rejected[rejected["question"].fillna("").str.startswith("What does the documentation say")]
+    assert good and len(kept) == good and kept["question"].str.startswith("What does the documentation say").all(), \
+        lost[["question", "answer", "reject_reason"]].to_dict("records")
     assert "request failed: endpoint error" in reasons
     # Each 503 was retried once and then answered; each 500 and each timing-out prompt was tried three times.
     tries = {"retry_503": 2, "timeout": 3, "html_500": 3}
@@ -173,3 +184,25 @@ def test_an_unreachable_target_fails_after_the_first_wave_with_the_estimate(endp
     assert "the estimate is" in out and "data.generation.answers_per_chunk" in out and "Traceback" not in out
     assert len(Endpoint.seen) == 16  # one wave, then the verdict: not every chunk of the corpus
     assert time.time() - started < 300
+
+
+def test_the_good_completion_passes_the_form_checks_on_every_chunk(docs, stored_model):
+    """The fake endpoint's good answer must survive quality whichever chunk it lands on (CI once lost
+    one: the first version quoted prompt[300:600], empty for a short chunk, and repeated headings)."""
+    from app.config import ExperimentConfig
+    from app.data.generate import build_messages, parse_pairs
+    from app.data.ingest import list_documents, process_document
+    from app.data.quality import form_problems, normalize_text
+
+    d = ExperimentConfig().data
+    files, _ = list_documents(docs, d.extensions, None, ())
+    questions = []
+    for f in files:
+        doc = process_document(f, tokenizer_file=str(stored_model.path / "tokenizer.json"), chunk_tokens=d.chunk_tokens,
+                               chunk_overlap=d.chunk_overlap, min_chunk_tokens=d.min_chunk_tokens, extract_kinds=[])
+        for chunk in doc["chunks"]:
+            prompt = build_messages(chunk, d.generation.pairs_per_chunk, d.generation.prompt_style)[-1]["content"]
+            (pair,) = parse_pairs(good_completion(prompt))
+            assert form_problems(pair["question"], pair["answer"], d.quality) == [], (chunk["chunk_id"], pair)
+            questions.append(normalize_text(pair["question"]))
+    assert len(questions) >= 16 and len(set(questions)) == len(questions)
