@@ -46,3 +46,12 @@ def connect(cfg: RayConfig) -> dict[str, float]:
         ray.init(**kwargs, log_to_driver=True, include_dashboard=None if address else cfg.dashboard)
         _forwarding["logs"] = True
     return ray.cluster_resources()
+
+
+def quiet_data_context() -> None:
+    """Ray Data without progress bars or the execution banner: stages print their own progress."""
+    from ray.data import DataContext  # deferred like every Ray import here: `app --help` must not load Ray
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False

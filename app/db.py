@@ -3,17 +3,46 @@
 Any SQLAlchemy URL works; for SQLite the folder is created, writers wait for each other instead
 of failing at once (the web servers answer from thread pools), foreign keys are enforced, and an
 in-memory database is one database shared by every thread.
+
+Timestamps are stored in UTC: :func:`utc_now` makes them, :func:`utc_column` declares a column
+that defaults to it, and :func:`as_utc` / :func:`iso` read them back (SQLite drops the zone).
+Each subsystem declares its own ``DeclarativeBase`` subclass, so its tables live in its own
+metadata (and database).
+
+This module imports nothing from the app: every stage may use it.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy import DateTime, MetaData, create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import MappedColumn, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(timezone.utc)
+
+
+def utc_column() -> MappedColumn[Any]:
+    """A timezone-aware timestamp column that defaults to :func:`utc_now` (``created_at`` and the like)."""
+    return mapped_column(DateTime(timezone=True), default=utc_now)
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` with its zone; a naive one (SQLite drops the zone) is UTC, as everything is stored."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 text of a stored timestamp (UTC when it has no zone), None for None."""
+    return None if value is None else as_utc(value).isoformat()
 
 
 def open_database(url: str, metadata: MetaData, error: type[Exception], what: str) -> tuple[Engine, sessionmaker[Session]]:
@@ -37,8 +66,6 @@ def open_database(url: str, metadata: MetaData, error: type[Exception], what: st
         connect_args = {"check_same_thread": False, "timeout": 30}
     try:
         if sqlite and (not parsed.database or parsed.database == ":memory:"):
-            from sqlalchemy.pool import StaticPool
-
             engine = create_engine(url, connect_args=connect_args, poolclass=StaticPool)
         else:
             engine = create_engine(url, connect_args=connect_args)

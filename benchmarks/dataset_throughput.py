@@ -36,9 +36,10 @@ def main() -> None:
     import ray
 
     from app.config import load_config
+    from app import cluster
     from app.data import build
     from app.data.corpus import ensure_default_corpus
-    from app.stages import model_store
+    from app.model_store import model_store
 
     cfg = load_config(args.config, [])
     home = cfg.paths.resolved_home()
@@ -52,7 +53,7 @@ def main() -> None:
             raise SystemExit("--llm-chunks needs the Serve endpoint: run `app serve up` first")
     else:
         ray.init(address="local", num_cpus=max(levels), include_dashboard=False, log_to_driver=False)
-    build._data_context()
+    cluster.quiet_data_context()
     results = []
     for level in levels:
         c = cfg.model_copy(deep=True)

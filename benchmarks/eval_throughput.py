@@ -32,7 +32,7 @@ def main() -> None:
     from app.config import load_config
     from app.eval.answer import answer_all, prompts
     from app.eval.run import load_test_set, score, served_models
-    from app.stages import model_store
+    from app.model_store import model_store
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", "-c", default=None)

@@ -46,12 +46,12 @@ def main() -> None:
     from app.config import load_config
     from app.data import build
     from app.data.quality import score_frame
-    from app.stages import model_store
+    from app.model_store import model_store
 
     cfg = load_config(Path(args.config), [f"data.docs_dir={args.docs}"])
     stored = model_store(cfg).resolve(cfg.model, progress=lambda _: None)
     cluster.connect(cfg.ray)
-    build._data_context()
+    cluster.quiet_data_context()
     docs, _ = build.read_corpus(cfg, args.docs, stored.path / "tokenizer.json", lambda _: None)
     chunks = pd.DataFrame([c for x in docs for c in x["chunks"]])
     build.assign_topics(cfg, docs, chunks, lambda _: None)

@@ -33,11 +33,12 @@ def main() -> None:
     import yaml
     from ray import serve
 
-    from app.config import ServingConfig, load_config
+    from app.config import load_config
+    from app.serving.config import ServingConfig
     from app.serving.builder import engine_env, threads_binds, vllm_server_command
     from app.serving.manager import APP_NAME, cluster_address, deploy, free_port, wait_engines_gone, wait_ready
     from app.serving.sweep import measure
-    from app.stages import model_store
+    from app.model_store import model_store
     from benchmarks.time_to_ready import parse_path
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

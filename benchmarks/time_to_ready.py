@@ -46,7 +46,8 @@ def main() -> None:
     from ray import serve
 
     from app import cluster
-    from app.config import ServingConfig, load_config
+    from app.config import load_config
+    from app.serving.config import ServingConfig
     from app.serving.manager import APP_NAME, ServeError, cluster_address, deploy, remove_app
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -81,8 +81,7 @@ def main() -> None:
 
     from app import cluster
     from app.config import load_config
-    from app.data.build import _data_context
-    from app.stages import model_fingerprint, model_store
+    from app.model_store import model_fingerprint, model_store
     from app.tracking import start_run
     from app.train import checkpoint as ck
     from app.train.run import build_trainer, dataset_dir, fingerprint, tokenized_datasets, train_root
@@ -92,7 +91,7 @@ def main() -> None:
     base = model_store(cfg).resolve(cfg.model)
     data_path = dataset_dir(cfg)
     resources = cluster.connect(cfg.ray)
-    _data_context()
+    cluster.quiet_data_context()
     datasets, counts = tokenized_datasets(cfg, data_path, base.path, print)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = []

@@ -64,7 +64,7 @@ def main() -> None:
     from app.config import load_config
     from app.serving.builder import engine_args
     from app.serving.loadgen import benchmark_prompts
-    from app.stages import model_store
+    from app.model_store import model_store
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", "-c", default=None)

@@ -9,7 +9,7 @@ checkpoint under <home>/train/<run>/; the merged model lands in the model store 
 """
 
 from app.entry import job_main
-from app.stages import finetune
+from app.stages import REGISTRY
 
 if __name__ == "__main__":
-    job_main(finetune)
+    job_main(REGISTRY["finetune"].run)

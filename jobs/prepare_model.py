@@ -5,7 +5,7 @@
 """
 
 from app.entry import job_main
-from app.stages import prepare_model
+from app.stages import REGISTRY
 
 if __name__ == "__main__":
-    job_main(prepare_model)
+    job_main(REGISTRY["prepare_model"].run)

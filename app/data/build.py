@@ -22,32 +22,25 @@ import numpy as np
 import pandas as pd
 
 from app.config import ExperimentConfig
-from app.data.schema import PAIR_KEYS, DatasetError
+from app.datasets import PAIR_KEYS, DatasetError, datasets_root
 from app.data.splits import SPLITS, LeakageError, assign_splits, check_leakage, leakage_message, near_duplicate_links
+from app import cluster
+from app.data.corpus import ensure_default_corpus
+from app.data.generate import pairs_from_output, plan_requests, question_rows, vllm_processor
+from app.data.ingest import list_documents, process_document
+from app.data.quality import QualityScorer, deduplicate, score_frame
+from app.data.review import ReviewStore
+from app.datasets import normalize_text
+from app.embed import embed
+from app.endpoint import ChatRequester, base_url, bearer, external_endpoint
+from app.model_store import model_store
+from app.serving.builder import engine_args
+from app.serving.manager import ensure_served, remove_app
+from app.tracking import hash_path, log_step_metrics, start_run
 
 SCORES = ("score_lexical_grounding", "score_semantic_grounding", "score_question_grounding", "score_relevance",
           "score_answer_rank")
 OUTPUT_COLUMNS = (*PAIR_KEYS, *SCORES, "review_status", "reviewer")
-
-
-def datasets_root(cfg: ExperimentConfig) -> Path:
-    return cfg.paths.resolved_home() / "datasets" / cfg.data.name
-
-
-def latest_dataset(cfg: ExperimentConfig) -> Path:
-    """Folder of the last successful build of the configured dataset."""
-    pointer = datasets_root(cfg) / "LATEST"
-    if not pointer.is_file():
-        raise DatasetError(f"no build of dataset {cfg.data.name!r} under {datasets_root(cfg)}: run `app dataset build`")
-    return datasets_root(cfg) / pointer.read_text().strip()
-
-
-def _data_context() -> None:
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
 
 
 # -- stages ------------------------------------------------------------------------------------
@@ -56,8 +49,6 @@ def _data_context() -> None:
 def read_corpus(cfg: ExperimentConfig, root: Path, tokenizer_file: Path, progress: Callable[[str], None]) -> tuple[list[dict], list[dict]]:
     """(documents with their chunks and extracted pairs, skipped files) via Ray Data."""
     import ray
-
-    from app.data.ingest import list_documents, process_document
 
     d = cfg.data
     exclude = () if d.docs_dir else ("README.md", "MANIFEST.json")
@@ -99,8 +90,6 @@ def assign_topics(cfg: ExperimentConfig, docs: list[dict], chunks: pd.DataFrame,
                             sublinear_tf=True)
     matrix = tfidf.fit_transform(chunks["text"])
     if d.topic_vectors == "minilm":
-        from app.data.embed import embed
-
         progress(f"clustering {len(chunks)} chunks into {k} topics (all-MiniLM-L6-v2 + k-means)")
         vectors = embed(chunks["text"].tolist())
     else:
@@ -182,9 +171,6 @@ def _ask(cfg: ExperimentConfig, requests: list[dict], cache: GenerationCache, mo
     answers every request.)"""
     import ray
 
-    from app.data.generate import ChatRequester, vllm_processor
-    from app.serving.builder import engine_args
-
     g = cfg.data.generation
     results = {r["key"]: (cache.known[r["key"]], "") for r in requests if r["key"] in cache.known}
     todo = [r for r in requests if r["key"] not in results]
@@ -216,8 +202,6 @@ def _ask(cfg: ExperimentConfig, requests: list[dict], cache: GenerationCache, mo
 
 
 def _rows_for(chunk: dict, requests: list[dict], results: dict[str, tuple[str, str]], origin: str, mode: str) -> list[dict]:
-    from app.data.generate import pairs_from_output, question_rows
-
     rows = []
     for req in requests:
         if req["key"] not in results:
@@ -231,17 +215,12 @@ def _rows_for(chunk: dict, requests: list[dict], results: dict[str, tuple[str, s
 
 
 def _accepted_unique(scored: pd.DataFrame) -> int:
-    from app.data.schema import normalize_text
-
     return scored.loc[scored["accepted"], "question"].map(normalize_text).nunique() if len(scored) else 0
 
 
 def estimate_extracted(cfg: ExperimentConfig, extracted: list[dict], sample: int = 300) -> float:
     """Extracted pairs expected to pass the quality checks: the pass rate of a seeded sample, times the
     distinct questions (the whole set is scored after generation, on Ray Data)."""
-    from app.data.quality import score_frame
-    from app.data.schema import normalize_text
-
     if not extracted:
         return 0.0
     rng = random.Random(cfg.seed)
@@ -263,9 +242,6 @@ def generate_pairs(cfg: ExperimentConfig, chunks: pd.DataFrame, model_path: Path
     estimate and what to change, not after hours of generation.
     """
     import math
-
-    from app.data.generate import plan_requests
-    from app.data.quality import score_frame
 
     d, g = cfg.data, cfg.data.generation
     order = sample_chunks(chunks, g.max_chunks, cfg.seed, d.min_chunk_tokens)
@@ -367,7 +343,6 @@ def endpoint(cfg: ExperimentConfig) -> tuple[str, str | None]:
     import httpx
 
     g = cfg.data.generation
-    from app.serving.manager import base_url, bearer, external_endpoint
 
     if g.backend == "http":
         base, key = external_endpoint(g.url, g.api_key_env, "data.generation", DatasetError)
@@ -383,8 +358,6 @@ def endpoint(cfg: ExperimentConfig) -> tuple[str, str | None]:
 
 def score_pairs(cfg: ExperimentConfig, rows: list[dict]) -> pd.DataFrame:
     import ray
-
-    from app.data.quality import QualityScorer
 
     df = pd.DataFrame(rows).drop_duplicates("pair_id", keep="first")  # one id, one pair (same doc, same question)
     for col, default in (("raw_output", ""), ("parse_error", ""), ("evidence_from", "extracted")):
@@ -405,8 +378,6 @@ def apply_reviews(cfg: ExperimentConfig, df: pd.DataFrame, decisions: list[dict]
     """Reviewers' decisions override the generated pairs and the filter; reviewed pairs missing from
     this build are added back from the review database when their document is still in the corpus
     (else they are counted as orphaned and stay in the database, untouched)."""
-    from app.data.embed import embed
-
     df = df.copy()
     df["review_status"], df["reviewer"] = "", ""
     counts: Counter[str] = Counter()
@@ -496,8 +467,6 @@ class _AppRelease:
 
     def __call__(self) -> None:
         if self.deployed:
-            from app.serving.manager import remove_app
-
             self.deployed = False
             self.progress("removing the Serve app this build deployed for generation")
             remove_app()
@@ -507,12 +476,6 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
                   progress: Callable[[str], None] = print) -> dict[str, Any]:
     import mlflow
     import ray
-
-    from app import cluster
-    from app.data.corpus import ensure_default_corpus
-    from app.data.review import ReviewStore
-    from app.stages import model_store
-    from app.tracking import hash_path, log_step_metrics, start_run
 
     d = cfg.data
     home = cfg.paths.resolved_home()
@@ -532,12 +495,10 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
         release = _AppRelease(progress)
         cleanup.callback(release)  # a failed build removes the app it deployed, as a successful one does
         if d.generation.enabled and d.generation.backend == "serve":
-            from app.serving.manager import ensure_served
-
             release.deployed = ensure_served(cfg, [d.generation.model or cfg.model.name], "QA generation", progress)
         else:
             cluster.connect(cfg.ray)
-        _data_context()
+        cluster.quiet_data_context()
         progress(f"Ray cluster: {ray.cluster_resources().get('CPU', 0):.0f} CPUs")
 
         t = time.time()
@@ -574,7 +535,6 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
         if not extracted and llm_scored.empty:
             raise DatasetError("no candidate pairs: enable extraction kinds or LLM generation")
         progress(f"scoring {len(extracted)} extracted pairs (all-MiniLM-L6-v2, {d.concurrency} actors)")
-        from app.data.quality import deduplicate
 
         parts = [score_pairs(cfg, extracted)] if extracted else []
         parts += [llm_scored] if len(llm_scored) else []

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from app.data.formats import ATX_HEADING, fence_state, headings
-from app.data.schema import normalize_text
+from app.datasets import normalize_text
 
 KINDS = ("faq", "heading_question", "definition", "section", "signature", "term", "example", "statement")
 MAX_ANSWER_CHARS = 500

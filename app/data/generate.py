@@ -25,18 +25,16 @@ else ``Question:/Answer:/Evidence:`` lines; what cannot be parsed is rejected wi
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import re
-import time
 from typing import Any
 
-import aiohttp
 
-from app.config import GenerationConfig
+from app.data.config import GenerationConfig
 from app.data.extract import _NOT_VERBS, _base_verb, statement_question
-from app.data.schema import normalize_text, pair_id
+from app.datasets import normalize_text, pair_id
+from app.data.formats import fence_state
 
 SYSTEM_PROMPT = "You write question-answer pairs for a study set about technical documentation."
 
@@ -230,43 +228,6 @@ def stop_strings(n: int, style: str) -> list[str]:
     return ["\nQuestion:", "\nQUESTION:"] if style == "labelled" and n == 1 else []
 
 
-class TolerantResponse(aiohttp.ClientResponse):
-    """An aiohttp response whose ``json()`` never raises and keeps the HTTP status of errors.
-
-    Ray's HTTP stage calls ``response.json()`` on every non-retryable answer; a proxy's HTML error
-    page or a truncated body would otherwise fail the whole Ray Data job.
-    """
-
-    async def json(self, *args: Any, **kwargs: Any) -> Any:  # noqa: ARG002 - same signature as aiohttp's
-        text = await self.text(errors="replace")
-        try:
-            body = json.loads(text) if text.strip() else None
-        except ValueError:
-            body = None
-        if self.status != 200 or not isinstance(body, dict):
-            return {"error": {"status": self.status, "body": text[:500] or "(empty body)"}}
-        return body
-
-
-def _session_factory(timeout_s: float) -> Any:
-    return functools.partial(aiohttp.ClientSession, timeout=aiohttp.ClientTimeout(total=timeout_s),
-                             response_class=TolerantResponse)
-
-
-def response_text(response: Any) -> tuple[str, str]:
-    """(content, error) from an OpenAI chat completion body as the HTTP stage returns it."""
-    if not isinstance(response, dict):
-        return "", f"no response body ({type(response).__name__})"
-    if response.get("error"):
-        err = response["error"]
-        return "", f"endpoint error: {json.dumps(err, default=str)[:300]}"
-    try:
-        content = response["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        return "", f"unexpected response shape: {json.dumps(response, default=str)[:300]}"
-    return content or "", "" if content else "empty completion"
-
-
 # -- answer-first generation -------------------------------------------------------------------
 
 QUESTION_PROMPT = "{text}\n\nAnswer: {answer}\n\nWrite the question about {subject} that is answered by the answer above."
@@ -290,8 +251,6 @@ def answer_passages(text: str, limit: int, min_words: int = 8, max_words: int = 
     before it) and says something (a verb of the answering kind), and that the statement extractor
     cannot already turn into a question by rule. Each is an exact slice of ``text``.
     """
-    from app.data.formats import fence_state
-
     candidates: list[tuple[float, int, str]] = []
     fence, offset = "", 0
     for block in re.split(r"(\n\s*\n)", text):
@@ -476,84 +435,6 @@ def plan_requests(chunk: dict[str, Any], g: GenerationConfig, model: str) -> lis
         key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]
         out.append({"key": key, "chunk_id": chunk["chunk_id"], "answer": answer, "body": json.dumps(body)})
     return out
-
-
-class ChatRequester:
-    """Ray Data actor: posts each row's chat request (``body``, JSON) and returns ``output`` / ``error``.
-
-    Up to ``inflight`` requests at once per actor, at most ``qps`` per second when set. 408/429/5xx, connection errors and timeouts are
-    retried ``max_retries`` times with exponential backoff; what still fails, or answers 4xx, or
-    answers something that is not a chat completion, comes back as ``error`` with its reason.
-    """
-
-    RETRY = {408, 429, 500, 502, 503, 504}
-
-    LATE = "!late"  # the marker of a request left unasked because the deadline had passed
-
-    def __init__(self, url: str, api_key: str | None, timeout_s: float, max_retries: int, retry_wait_s: float,
-                 inflight: int, deadline: float | None = None, qps: float | None = None):
-        self.url, self.timeout_s, self.deadline, self.qps = url, timeout_s, deadline, qps
-        self._next_send = 0.0  # qps: when this actor may send its next request
-        self.max_retries, self.retry_wait_s, self.inflight = max_retries, retry_wait_s, inflight
-        self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
-
-    async def _one(self, session: Any, sem: Any, body: str) -> tuple[str, str]:
-        import asyncio
-
-        import httpx
-
-        last = ""
-        async with sem:
-            for attempt in range(self.max_retries + 1):
-                if attempt:
-                    await asyncio.sleep(self.retry_wait_s * 2 ** (attempt - 1))
-                timeout = self.timeout_s
-                if self.deadline is not None:  # the first wave ends on time, whatever the endpoint does
-                    left = self.deadline - time.time()
-                    if left <= 0:
-                        return "", last if attempt else self.LATE
-                    timeout = min(timeout, max(left, 1.0))
-                if self.qps:  # one request every 1/qps seconds from this actor, retries included
-                    now = time.time()
-                    wait, self._next_send = max(0.0, self._next_send - now), max(now, self._next_send) + 1 / self.qps
-                    await asyncio.sleep(wait)
-                try:
-                    r = await session.post(self.url, content=body, headers=self.headers, timeout=timeout)
-                except httpx.TimeoutException:
-                    last = f"timed out after {timeout:g} s"
-                    continue
-                except httpx.HTTPError as exc:
-                    last = f"{type(exc).__name__}: {exc}"[:300]
-                    continue
-                if r.status_code in self.RETRY:
-                    last = f"endpoint error: HTTP {r.status_code} {r.text[:300]}"
-                    continue
-                try:
-                    payload = r.json()
-                except ValueError:
-                    payload = None
-                if r.status_code != 200 or not isinstance(payload, dict):
-                    return "", f"endpoint error: HTTP {r.status_code} {r.text[:300] or '(empty body)'}"
-                return response_text(payload)
-        return "", f"{last} ({self.max_retries + 1} tries)"
-
-    async def _all(self, bodies: list[str]) -> list[tuple[str, str]]:
-        import asyncio
-
-        import httpx
-
-        sem = asyncio.Semaphore(self.inflight)
-        async with httpx.AsyncClient() as session:
-            return await asyncio.gather(*(self._one(session, sem, b) for b in bodies))
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        import asyncio
-
-        import numpy as np
-
-        results = asyncio.run(self._all([str(b) for b in batch["body"]]))
-        return {"key": batch["key"], "output": np.array([r[0] for r in results], dtype=object),
-                "error": np.array([r[1] for r in results], dtype=object)}
 
 
 def vllm_processor(g: GenerationConfig, model_path: str, engine_kwargs: dict[str, Any], use_gpu: bool) -> Any:

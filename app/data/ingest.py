@@ -16,7 +16,7 @@ from typing import Any
 
 from app.data.extract import extract_pairs
 from app.data.formats import DocumentError, headings, parse_document, section_at
-from app.data.schema import pair_id
+from app.datasets import pair_id
 
 
 def list_documents(root: Path, extensions: list[str], max_docs: int | None,

@@ -24,9 +24,11 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from app.config import QualityConfig
-from app.data.embed import embed, rowwise_cosine
-from app.data.schema import normalize_text
+from app.data.config import QualityConfig
+from app.embed import embed, rowwise_cosine
+from app.datasets import normalize_text
+from app.data.generate import _sentences
+from app.embed import load_model
 
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+(?:\.\d+)?")
 _STOP = ENGLISH_STOP_WORDS | {"does", "use", "used", "using", "python", "return", "returns", "value", "function"}
@@ -116,8 +118,6 @@ def answer_ranks(questions: list[str], passages: list[str], contexts: list[str],
                  which: np.ndarray) -> list[float]:
     """For the rows in ``which``: 1 + the number of the context's sentences (outside the answer's
     passage) closer to the question than the passage is; NaN for the other rows."""
-    from app.data.generate import _sentences
-
     ranks = [float("nan")] * len(questions)
     items = []
     for i in np.flatnonzero(which):
@@ -187,8 +187,6 @@ class QualityScorer:
     """Ray Data actor: loads all-MiniLM-L6-v2 once, scores batches of pairs."""
 
     def __init__(self, quality: dict[str, Any]):
-        from app.data.embed import load_model
-
         self.q = QualityConfig(**quality)
         load_model()
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, Text, and_, func, or_, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from app.db import iso, open_database, utc_column, utc_now
+from app.errors import AppError
 
 STATUSES = ("pending", "approved", "edited", "rejected")
 REVIEWED = ("approved", "edited", "rejected")
@@ -34,7 +37,7 @@ EVENT_FIELDS = ("id", "pair_id", "reviewer", "action", "status_before", "status_
                 "question_after", "answer_before", "answer_after", "note", "created_at")
 
 
-class ReviewError(ValueError):
+class ReviewError(AppError, ValueError):
     """Bad input to the review store; the message names the problem."""
 
 
@@ -43,11 +46,7 @@ class UnknownPairError(ReviewError):
 
 
 class Base(DeclarativeBase):
-    pass
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    """The review database's tables (their own metadata)."""
 
 
 class ReviewItem(Base):
@@ -77,7 +76,7 @@ class ReviewItem(Base):
     reviewer: Mapped[str | None] = mapped_column(String(200), nullable=True)
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     note: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = utc_column()
 
 
 class ReviewEvent(Base):
@@ -94,28 +93,20 @@ class ReviewEvent(Base):
     answer_before: Mapped[str] = mapped_column(Text, default="")
     answer_after: Mapped[str] = mapped_column(Text, default="")
     note: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # SQLite drops the zone; everything is stored in UTC
-        value = value.replace(tzinfo=timezone.utc)
-    return value.isoformat()
+    created_at: Mapped[datetime] = utc_column()
 
 
 def _item_dict(item: ReviewItem) -> dict[str, Any]:
     out = {k: getattr(item, k) for k in ITEM_FIELDS}
-    out["reviewed_at"] = _iso(item.reviewed_at)
-    out["created_at"] = _iso(item.created_at)
+    out["reviewed_at"] = iso(item.reviewed_at)
+    out["created_at"] = iso(item.created_at)
     out["auto_accepted"] = bool(item.auto_accepted)
     return out
 
 
 def _event_dict(ev: ReviewEvent) -> dict[str, Any]:
     out = {k: getattr(ev, k) for k in EVENT_FIELDS}
-    out["created_at"] = _iso(ev.created_at)
+    out["created_at"] = iso(ev.created_at)
     return out
 
 
@@ -134,8 +125,6 @@ class ReviewStore:
     """Review items and their edit history in a SQLAlchemy database (tables are created when missing)."""
 
     def __init__(self, url: str) -> None:
-        from app.db import open_database
-
         self.url = url
         self.engine, self._session = open_database(url, Base.metadata, ReviewError, "review")
 
@@ -236,7 +225,7 @@ class ReviewStore:
             item = ReviewItem(pair_id=pid, dataset=dataset, first_seen_build=build, last_seen_build=build,
                               orig_question=question, orig_answer=answer, question=question, answer=answer,
                               auto_accepted=accepted, reject_reason=reason, status="pending", note="",
-                              created_at=_now(), **generated)
+                              created_at=utc_now(), **generated)
             session.add(item)
             seen[pid] = item
             counts["new"] += 1
@@ -297,7 +286,7 @@ class ReviewStore:
     @staticmethod
     def _apply(session: Session, item: ReviewItem, reviewer: str, action: str, status: str, question: str,
                answer: str, note: str | None) -> None:
-        now = _now()
+        now = utc_now()
         session.add(ReviewEvent(pair_id=item.pair_id, reviewer=reviewer, action=action, status_before=item.status,
                                 status_after=status, question_before=item.question, question_after=question,
                                 answer_before=item.answer, answer_after=answer, note=note or "", created_at=now))

@@ -18,7 +18,6 @@ Plain HTML, inline CSS and a little vanilla JS; everything shown is HTML-escaped
 from __future__ import annotations
 
 import re
-from html import escape
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -28,6 +27,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
 from app.data.review import STATUSES, ReviewError, ReviewStore, UnknownPairError
+from app.web import answer_errors, h, html_document, json_error, new_app, serve_app
+
+
+TITLE = "QA pair review"
 
 
 class ReviewRequest(BaseModel):
@@ -36,14 +39,6 @@ class ReviewRequest(BaseModel):
     question: str | None = None
     answer: str | None = None
     note: str = ""
-
-
-def _error(status_code: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status_code)
-
-
-def _store_error(exc: ReviewError) -> JSONResponse:
-    return _error(404 if isinstance(exc, UnknownPairError) else 400, str(exc))
 
 
 def _int_param(value: str | None, name: str, default: int) -> int:
@@ -56,16 +51,15 @@ def _int_param(value: str | None, name: str, default: int) -> int:
 
 
 def create_app(store: ReviewStore) -> FastAPI:
-    app = FastAPI(title="QA pair review", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    app = new_app(TITLE)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
-        return _error(400, f"invalid request: {problems}")
+        return json_error(400, f"invalid request: {problems}")
 
-    @app.exception_handler(ReviewError)  # every JSON endpoint: 404 for an unknown id, else 400
-    async def _refused(_request: Request, exc: ReviewError) -> JSONResponse:
-        return _store_error(exc)
+    # Every JSON endpoint: 404 for an unknown id, else 400.
+    answer_errors(app, ReviewError, lambda exc: 404 if isinstance(exc, UnknownPairError) else 400)
 
     # -- JSON API ---------------------------------------------------------------------------------
 
@@ -128,9 +122,7 @@ def create_app(store: ReviewStore) -> FastAPI:
 
 def serve(store: ReviewStore, host: str = "127.0.0.1", port: int = 8765) -> None:
     """Run the review app with uvicorn until interrupted."""
-    import uvicorn
-
-    uvicorn.run(create_app(store), host=host, port=port, log_level="info")
+    serve_app(create_app(store), host, port)
 
 
 def _status_filter(status: str | None) -> str | None:
@@ -147,21 +139,17 @@ def highlight(context: str, evidence: str) -> tuple[str, bool]:
     """
     words = evidence.split()
     if not words:
-        return escape(context), False
+        return h(context), False
     match = re.search(r"\s+".join(re.escape(w) for w in words), context, flags=re.IGNORECASE)
     if match is None:
-        return escape(context), False
+        return h(context), False
     s, e = match.span()
-    return f"{escape(context[:s])}<mark>{escape(context[s:e])}</mark>{escape(context[e:])}", True
+    return f"{h(context[:s])}<mark>{h(context[s:e])}</mark>{h(context[e:])}", True
 
 
 def _when(iso: str | None) -> str:
     """'2026-01-02T03:04:05.123+00:00' -> '2026-01-02 03:04:05' (UTC, to the second)."""
     return (iso or "")[:19].replace("T", " ")
-
-
-def _h(value: Any) -> str:
-    return escape("" if value is None else str(value))
 
 
 CSS = """
@@ -266,17 +254,17 @@ def _page(store: ReviewStore, request: Request, item: dict | None, history: list
         return "/?" + urlencode({"status": st, **({"topic": topic} if topic else {})})
 
     counts = "".join(
-        f'<a id="count-{st}" class="{"on" if st == status and mode == "next" else ""}" href="{_h(link(st))}">'
+        f'<a id="count-{st}" class="{"on" if st == status and mode == "next" else ""}" href="{h(link(st))}">'
         f'{st} <b>{stats["by_status"].get(st, 0) if st != "all" else stats["total"]}</b></a>'
         for st in (*STATUSES, "all"))
     status_opts = "".join(f'<option value="{s}"{" selected" if s == status else ""}>{s}</option>'
                           for s in (*STATUSES, "all"))
     topic_opts = '<option value="">all topics</option>' + "".join(
-        f'<option value="{_h(t)}"{" selected" if t == topic else ""}>{_h(t) or "(none)"}</option>' for t in topics if t)
+        f'<option value="{h(t)}"{" selected" if t == topic else ""}>{h(t) or "(none)"}</option>' for t in topics if t)
     header = f"""<header>
-<h1><a href="/" style="text-decoration:none">QA pair review</a></h1>
+<h1><a href="/" style="text-decoration:none">{TITLE}</a></h1>
 <label for="reviewer">Reviewer</label>
-<input id="reviewer" name="reviewer" placeholder="your name" autocomplete="name" value="{_h(reviewer)}" required>
+<input id="reviewer" name="reviewer" placeholder="your name" autocomplete="name" value="{h(reviewer)}" required>
 <form id="filters" method="get" action="/" style="display:flex;gap:8px;align-items:center">
   <label for="filter-status">Status</label>
   <select id="filter-status" name="status" onchange="this.form.submit()">{status_opts}</select>
@@ -286,13 +274,13 @@ def _page(store: ReviewStore, request: Request, item: dict | None, history: list
 </form>
 <nav class="counts">{counts}</nav>
 </header>"""
-    msg_html = f'<p id="status-msg" class="{"error" if error else "ok" if msg else ""}">{_h(msg)}</p>'
+    msg_html = f'<p id="status-msg" class="{"error" if error else "ok" if msg else ""}">{h(msg)}</p>'
     if item is None:
         if mode == "item":
             body = '<div class="card empty">No such item. <a href="/">Back to the review queue</a></div>'
         else:
-            where = f" in topic {_h(topic)}" if topic else ""
-            body = f'<div class="card empty" id="empty">No {_h(status if status != "all" else "")} items{where}.' \
+            where = f" in topic {h(topic)}" if topic else ""
+            body = f'<div class="card empty" id="empty">No {h(status if status != "all" else "")} items{where}.' \
                    f' {"Nothing left to review." if status == "pending" else ""}</div>'
         return _document(header, msg_html + body)
     return _document(header, msg_html + _item_html(item, history, mode=mode, status=status, topic=topic))
@@ -301,46 +289,46 @@ def _page(store: ReviewStore, request: Request, item: dict | None, history: list
 def _item_html(item: dict, history: list[dict], *, mode: str, status: str, topic: str) -> str:
     pid = item["pair_id"]
     verdict = ('<span class="badge yes">accepted</span>' if item["auto_accepted"] else
-               f'<span class="badge no">rejected</span> {_h(item["reject_reason"])}')
-    reviewed = (f'{_h(item["reviewer"])} <span class="muted">{_h(_when(item["reviewed_at"]))} UTC</span>'
+               f'<span class="badge no">rejected</span> {h(item["reject_reason"])}')
+    reviewed = (f'{h(item["reviewer"])} <span class="muted">{h(_when(item["reviewed_at"]))} UTC</span>'
                 if item["reviewer"] else '<span class="muted">not yet</span>')
     meta_rows = [
-        ("Status", f'<span id="item-status" class="badge {_h(item["status"])}">{_h(item["status"])}</span>'),
+        ("Status", f'<span id="item-status" class="badge {h(item["status"])}">{h(item["status"])}</span>'),
         ("Quality filter", verdict),
-        ("Generator", f'{_h(item["generator"])} <span class="muted">{_h(item["origin"])}</span>'),
-        ("Topic", _h(item["topic"])),
-        ("Document", f'{_h(item["doc_title"])}<br><span class="muted">{_h(item["doc_path"])}</span>'),
-        ("Section", _h(item["section"])),
-        ("Chunk", f'<code>{_h(item["chunk_id"])}</code>'),
+        ("Generator", f'{h(item["generator"])} <span class="muted">{h(item["origin"])}</span>'),
+        ("Topic", h(item["topic"])),
+        ("Document", f'{h(item["doc_title"])}<br><span class="muted">{h(item["doc_path"])}</span>'),
+        ("Section", h(item["section"])),
+        ("Chunk", f'<code>{h(item["chunk_id"])}</code>'),
         ("Reviewed by", reviewed),
-        ("Note", f'<span id="item-note">{_h(item["note"])}</span>'),
-        ("Builds", f'first {_h(item["first_seen_build"])}, last {_h(item["last_seen_build"])}'),
+        ("Note", f'<span id="item-note">{h(item["note"])}</span>'),
+        ("Builds", f'first {h(item["first_seen_build"])}, last {h(item["last_seen_build"])}'),
     ]
     meta = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in meta_rows)
     generated = ""
     if (item["question"], item["answer"]) != (item["orig_question"], item["orig_answer"]):
         generated = (f'<details class="muted" style="margin-top:8px"><summary>Generated text</summary>'
-                     f'<p><b>Q:</b> {_h(item["orig_question"])}</p><p><b>A:</b> {_h(item["orig_answer"])}</p>'
+                     f'<p><b>Q:</b> {h(item["orig_question"])}</p><p><b>A:</b> {h(item["orig_answer"])}</p>'
                      f'</details>')
     passage, found = highlight(item["context"], item["evidence"])
     evidence_note = ""
     if item["evidence"] and not found:
         evidence_note = (f'<p class="muted">Evidence (not found verbatim in the passage):</p>'
-                         f'<div class="passage" id="evidence"><mark>{_h(item["evidence"])}</mark></div>')
+                         f'<div class="passage" id="evidence"><mark>{h(item["evidence"])}</mark></div>')
     elif not item["evidence"]:
         evidence_note = '<p class="muted">The generator gave no evidence span.</p>'
     reopen = '<button id="reopen" type="button">Reopen</button>' if item["status"] != "pending" else ""
     skip = "" if mode == "item" else '<button id="skip" type="button" title="Leave it for later">Skip</button>'
     next_link = ("" if mode == "next" else
                  ' &middot; <a href="/?status=pending">next pending</a>')
-    editor = f"""<div class="card" id="review-root" data-pair-id="{_h(pid)}" data-mode="{_h(mode)}"
-  data-status="{_h(status)}" data-topic="{_h(topic)}">
-<h2>Pair <code id="pair-id">{_h(pid)}</code>
+    editor = f"""<div class="card" id="review-root" data-pair-id="{h(pid)}" data-mode="{h(mode)}"
+  data-status="{h(status)}" data-topic="{h(topic)}">
+<h2>Pair <code id="pair-id">{h(pid)}</code>
  <span class="muted"><a href="/item/{quote(pid, safe='')}">permalink &amp; history</a>{next_link}</span></h2>
 <label class="f" for="question">Question</label>
-<textarea id="question" name="question">{_h(item["question"])}</textarea>
+<textarea id="question" name="question">{h(item["question"])}</textarea>
 <label class="f" for="answer">Answer</label>
-<textarea id="answer" name="answer">{_h(item["answer"])}</textarea>
+<textarea id="answer" name="answer">{h(item["answer"])}</textarea>
 {generated}
 <label class="f" for="note">Note <span class="muted">(optional, e.g. why it is rejected)</span></label>
 <input id="note" class="note" name="note" value="">
@@ -366,22 +354,19 @@ def _history_html(history: list[dict]) -> str:
         for field in ("question", "answer"):
             before, after = ev[f"{field}_before"], ev[f"{field}_after"]
             if before != after:
-                changes.append(f"<div><b>{field}:</b> <del>{_h(before)}</del> &rarr; <ins>{_h(after)}</ins></div>")
+                changes.append(f"<div><b>{field}:</b> <del>{h(before)}</del> &rarr; <ins>{h(after)}</ins></div>")
         if ev["status_before"] != ev["status_after"]:
-            changes.insert(0, f'<div>{_h(ev["status_before"])} &rarr; <b>{_h(ev["status_after"])}</b></div>')
+            changes.insert(0, f'<div>{h(ev["status_before"])} &rarr; <b>{h(ev["status_after"])}</b></div>')
         if ev["note"]:
-            changes.append(f'<div class="muted">note: {_h(ev["note"])}</div>')
-        rows.append(f'<tr class="event"><td>{_h(_when(ev["created_at"]))}</td><td>{_h(ev["reviewer"])}</td>'
-                    f'<td>{_h(ev["action"])}</td><td>{"".join(changes)}</td></tr>')
+            changes.append(f'<div class="muted">note: {h(ev["note"])}</div>')
+        rows.append(f'<tr class="event"><td>{h(_when(ev["created_at"]))}</td><td>{h(ev["reviewer"])}</td>'
+                    f'<td>{h(ev["action"])}</td><td>{"".join(changes)}</td></tr>')
     return (f'<div class="card" id="history"><h2>History</h2><table class="hist"><tr><th>when (UTC)</th>'
             f'<th>reviewer</th><th>action</th><th>change</th></tr>{"".join(rows)}</table></div>')
 
 
 def _document(header: str, body: str) -> str:
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>QA pair review</title><style>{CSS}</style></head>
-<body>{header}<main>{body}</main><script>{JS}</script></body></html>"""
+    return html_document(TITLE, f"{header}<main>{body}</main>", css=CSS, script=JS)
 
 
 __all__ = ["create_app", "serve", "highlight"]

@@ -18,12 +18,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from app.data.schema import normalize_text
+from app.errors import AppError
+from app.datasets import normalize_text
 
 SPLITS = ("train", "validation", "test")
 
 
-class LeakageError(RuntimeError):
+class LeakageError(AppError, RuntimeError):
     """The splits share chunks, documents or near-identical questions; the message lists them."""
 
 

@@ -15,17 +15,19 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from app.config import EvalModel, ExperimentConfig
+from app.errors import AppError
+from app.config import ExperimentConfig
+from app.eval.config import EvalModel
+from app.endpoint import base_url, bearer, external_endpoint, listed_models, response_text, session_factory
+from app.prompts import qa_messages, truncate_context
 
 
-class EvalError(RuntimeError):
+class EvalError(AppError, RuntimeError):
     """An evaluation that cannot run, with the reason."""
 
 
 def prompts(frame: pd.DataFrame, cfg: ExperimentConfig, tokenizer: Any) -> list[str]:
     """The chat messages of every example (JSON), built exactly as training and serving build them."""
-    from app.prompts import qa_messages, truncate_context
-
     p = cfg.prompt
     return [json.dumps(qa_messages(q, truncate_context(c or "", tokenizer, p.max_context_tokens), p))
             for q, c in zip(frame["question"], frame["context"])]
@@ -33,8 +35,6 @@ def prompts(frame: pd.DataFrame, cfg: ExperimentConfig, tokenizer: Any) -> list[
 
 def endpoint_of(m: EvalModel, cfg: ExperimentConfig) -> tuple[str, str | None]:
     """(base URL ending in /v1, API key) for a model."""
-    from app.serving.manager import base_url, external_endpoint
-
     if m.url:
         return external_endpoint(m.url, m.api_key_env, f"evaluation model {m.name}", EvalError)
     return base_url(cfg.serving) + "/v1", cfg.serving.api_key
@@ -42,8 +42,6 @@ def endpoint_of(m: EvalModel, cfg: ExperimentConfig) -> tuple[str, str | None]:
 
 def check_endpoint(m: EvalModel, base: str, key: str | None) -> None:
     import httpx
-
-    from app.serving.manager import listed_models
 
     try:
         ids = listed_models(base, key, timeout=15)
@@ -61,16 +59,13 @@ def answer_all(frame: pd.DataFrame, messages: list[str], m: EvalModel, cfg: Expe
     import ray
     from ray.data.llm import HttpRequestProcessorConfig, build_processor
 
-    from app.data.generate import _session_factory, response_text
-    from app.serving.manager import bearer
-
     e = cfg.evaluation
     base, key = endpoint_of(m, cfg)
     check_endpoint(m, base, key)
     config = HttpRequestProcessorConfig(
         url=base + "/chat/completions", headers=bearer(key), batch_size=1,
         concurrency=e.concurrency, max_retries=cfg.data.generation.max_retries,
-        base_retry_wait_time_in_s=cfg.data.generation.retry_wait_s, session_factory=_session_factory(e.timeout_s),
+        base_retry_wait_time_in_s=cfg.data.generation.retry_wait_s, session_factory=session_factory(e.timeout_s),
         http_request_stage={"num_cpus": 0.1})  # I/O bound: the engines need the cores
     model_id, max_tokens = m.model_id, max_tokens or e.max_new_tokens
 

@@ -20,13 +20,17 @@ import hmac
 import json
 import random
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, func, select
+from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app.db import as_utc, open_database, utc_column, utc_now
+from app.errors import AppError
+from app.eval.testset import sample
 
 CRITERIA = ("correctness", "groundedness", "helpfulness")
 PREFERENCES = ("A", "B", "tie")
@@ -34,16 +38,12 @@ SCALE = (1, 5)
 SESSION_DAYS = 14  # a login lasts this long (or until logout)
 
 
-class HumanEvalError(ValueError):
+class HumanEvalError(AppError, ValueError):
     """Bad input to the human-evaluation store; the message names the problem."""
 
 
 class Base(DeclarativeBase):
-    pass
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    """The human-evaluation database's tables (their own metadata)."""
 
 
 class Study(Base):
@@ -53,7 +53,7 @@ class Study(Base):
     models: Mapped[str] = mapped_column(Text)  # JSON list, the first is the reference of pair items
     per_item: Mapped[int] = mapped_column(Integer)
     seed: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = utc_column()
 
 
 class Annotator(Base):
@@ -63,7 +63,7 @@ class Annotator(Base):
     study: Mapped[str] = mapped_column(ForeignKey("he_studies.name"), index=True)
     name: Mapped[str] = mapped_column(String(100))
     token_hash: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = utc_column()
 
 
 class Item(Base):
@@ -101,15 +101,15 @@ class Rating(Base):
     helpfulness: Mapped[int | None] = mapped_column(Integer, nullable=True)
     preference: Mapped[str | None] = mapped_column(String(4), nullable=True)
     note: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = utc_column()
+    updated_at: Mapped[datetime] = utc_column()
 
 
 class LoginSession(Base):
     __tablename__ = "he_sessions"
     id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the session id
     annotator_id: Mapped[int] = mapped_column(ForeignKey("he_annotators.id"), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = utc_column()
 
 
 def _hash(token: str) -> str:
@@ -134,8 +134,6 @@ def deal(n_items: int, annotators: int, per_item: int, seed: int) -> list[list[i
 
 class HumanEvalStore:
     def __init__(self, url: str) -> None:
-        from app.db import open_database
-
         self.url = url
         self.engine, self._session = open_database(url, Base.metadata, HumanEvalError, "human evaluation")
 
@@ -147,8 +145,6 @@ class HumanEvalStore:
     def create_study(self, name: str, eval_run: Path, annotators: list[str], per_item: int = 2,
                      examples: int = 20, seed: int = 0, pairwise: bool = True) -> dict[str, Any]:
         """A study over ``examples`` examples of an evaluation run; returns the annotators' tokens."""
-        from app.eval.testset import sample
-
         names = [a.strip() for a in annotators]
         if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise HumanEvalError(f"study name {name!r}: use letters, digits, '.', '-' or '_'")
@@ -236,8 +232,7 @@ class HumanEvalStore:
             row = s.get(LoginSession, _hash(sid))
             if row is None:
                 return None
-            created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)
-            return row.annotator_id if _now() - created < timedelta(days=SESSION_DAYS) else None
+            return row.annotator_id if utc_now() - as_utc(row.created_at) < timedelta(days=SESSION_DAYS) else None
 
     def close_session(self, sid: str) -> None:
         with self._session() as s, s.begin():
@@ -324,7 +319,7 @@ class HumanEvalStore:
             else:
                 for k, v in values.items():
                     setattr(r, k, v)
-                r.updated_at = _now()
+                r.updated_at = utc_now()
         return {"item_id": item.id, **values}
 
     # -- results ---------------------------------------------------------------------------------

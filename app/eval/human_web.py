@@ -18,14 +18,14 @@ side and asks which is better. Model names are never sent; everything shown is H
 
 from __future__ import annotations
 
-from html import escape
 from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 
 from app.eval.human import CRITERIA, PREFERENCES, SCALE, SESSION_DAYS, HumanEvalError, HumanEvalStore
+from app.web import answer_errors, h, html_document, json_error, new_app, serve_app
 
 COOKIE = "he_session"
 HINTS = {
@@ -40,7 +40,8 @@ class Unauthorized(Exception):
 
 
 def create_app(store: HumanEvalStore) -> FastAPI:
-    app = FastAPI(title="Human evaluation", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    app = new_app("Human evaluation")
+
     def who(request: Request) -> int:
         sid = request.cookies.get(COOKIE) or ""
         auth = request.headers.get("authorization", "")
@@ -61,12 +62,10 @@ def create_app(store: HumanEvalStore) -> FastAPI:
     @app.exception_handler(Unauthorized)
     async def _unauthorized(request: Request, _exc: Unauthorized) -> Any:
         if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": "log in first (POST /api/login)"}, status_code=401)
+            return json_error(401, "log in first (POST /api/login)")
         return RedirectResponse("/login", status_code=303)
 
-    @app.exception_handler(HumanEvalError)
-    async def _refused(_request: Request, exc: HumanEvalError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=400)
+    answer_errors(app, HumanEvalError)  # 400
 
     # -- API -------------------------------------------------------------------------------------
 
@@ -145,29 +144,28 @@ def create_app(store: HumanEvalStore) -> FastAPI:
 
 
 def serve(store: HumanEvalStore, host: str = "127.0.0.1", port: int = 8766) -> None:
-    import uvicorn
-
-    uvicorn.run(create_app(store), host=host, port=port, log_level="info")
+    """Run the human-evaluation app with uvicorn until interrupted."""
+    serve_app(create_app(store), host, port)
 
 
 # -- rendering ------------------------------------------------------------------------------------
 
-_STYLE = """<style>
+CSS = """
 body{font-family:sans-serif;margin:1.5em auto;max-width:1100px;padding:0 1em;color:#222}
 .box{border:1px solid #ccc;border-radius:6px;padding:.8em 1em;margin:.6em 0;white-space:pre-wrap}
 .ctx{background:#fafafa;font-size:13px;max-height:14em;overflow:auto}.ref{background:#f2f8f2}
 .pair{display:flex;gap:1em}.pair>div{flex:1}fieldset{border:1px solid #ddd;margin:.6em 0}
 .msg{padding:.5em;background:#eef}.err{background:#fdd}.hint{color:#666;font-size:13px}
 label{margin-right:1em}button{font-size:15px;padding:.4em 1.2em}
-</style>"""
+"""
 
 
 def _page(title: str, body: str) -> str:
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>{_STYLE}</head><body>{body}</body></html>"
+    return html_document(title, body, css=CSS)
 
 
 def _login_html(msg: str) -> str:
-    err = f"<p class='msg err' id='msg'>{escape(msg)}</p>" if msg else ""
+    err = f"<p class='msg err' id='msg'>{h(msg)}</p>" if msg else ""
     return _page("Log in", f"""<h1>Human evaluation</h1>{err}
 <form method="post" action="/login">
 <p><label>Study <input name="study" id="study" required></label></p>
@@ -178,33 +176,33 @@ def _login_html(msg: str) -> str:
 
 def _item_html(me: dict[str, Any], progress: dict[str, int], item: dict[str, Any] | None, msg: str,
                error: bool = False) -> str:
-    head = (f"<p>Logged in as <b id='who'>{escape(me['name'])}</b> (study {escape(me['study'])}) · "
+    head = (f"<p>Logged in as <b id='who'>{h(me['name'])}</b> (study {h(me['study'])}) · "
             f"<span id='progress'>{progress['done']} of {progress['total']} done</span> · <a href='/logout'>log out</a></p>")
-    note = f"<p class='msg{' err' if error else ''}' id='msg'>{escape(msg)}</p>" if msg else ""
+    note = f"<p class='msg{' err' if error else ''}' id='msg'>{h(msg)}</p>" if msg else ""
     if item is None:
         return _page("All done", head + note + "<h1 id='done'>All done: every item assigned to you is rated. Thank you!</h1>")
     prev = item.get("rating") or {}
     parts = [head, note, f"<form method='post' action='/rate' id='rate' data-item='{item['item_id']}' data-kind='{item['kind']}'>",
              f"<input type='hidden' name='item_id' value='{item['item_id']}'>",
-             f"<h2>Question</h2><div class='box' id='question'>{escape(item['question'])}</div>"]
+             f"<h2>Question</h2><div class='box' id='question'>{h(item['question'])}</div>"]
     if item.get("context"):
-        parts.append(f"<details open><summary>Context the model was given</summary><div class='box ctx'>{escape(item['context'])}</div></details>")
-    parts.append(f"<h3>Reference answer</h3><div class='box ref' id='reference'>{escape(item['reference'])}</div>")
+        parts.append(f"<details open><summary>Context the model was given</summary><div class='box ctx'>{h(item['context'])}</div></details>")
+    parts.append(f"<h3>Reference answer</h3><div class='box ref' id='reference'>{h(item['reference'])}</div>")
     if item["kind"] == "single":
-        parts.append(f"<h2>Answer to rate</h2><div class='box' id='answer'>{escape(item['answer'])}</div>")
+        parts.append(f"<h2>Answer to rate</h2><div class='box' id='answer'>{h(item['answer'])}</div>")
         for c in CRITERIA:
             radios = "".join(
                 f"<label><input type='radio' name='{c}' value='{v}' id='{c}-{v}' required"
                 f"{' checked' if prev.get(c) == v else ''}> {v}</label>" for v in range(SCALE[0], SCALE[1] + 1))
-            parts.append(f"<fieldset><legend><b>{c}</b> <span class='hint'>{escape(HINTS[c])}</span></legend>{radios}</fieldset>")
+            parts.append(f"<fieldset><legend><b>{c}</b> <span class='hint'>{h(HINTS[c])}</span></legend>{radios}</fieldset>")
     else:
         parts.append(f"<h2>Which answer is better?</h2><div class='pair'><div><h3>Answer A</h3><div class='box' id='answer-a'>"
-                     f"{escape(item['answer_a'])}</div></div><div><h3>Answer B</h3><div class='box' id='answer-b'>"
-                     f"{escape(item['answer_b'] or '')}</div></div></div>")
+                     f"{h(item['answer_a'])}</div></div><div><h3>Answer B</h3><div class='box' id='answer-b'>"
+                     f"{h(item['answer_b'])}</div></div></div>")
         radios = "".join(f"<label><input type='radio' name='preference' value='{p}' id='preference-{p}' required"
                          f"{' checked' if prev.get('preference') == p else ''}> {'A and B are equally good' if p == 'tie' else p + ' is better'}</label>"
                          for p in PREFERENCES)
         parts.append(f"<fieldset><legend><b>preference</b></legend>{radios}</fieldset>")
-    parts.append(f"<p><label>Note (optional) <input name='note' id='note' size='60' value='{escape(prev.get('note') or '')}'></label></p>"
+    parts.append(f"<p><label>Note (optional) <input name='note' id='note' size='60' value='{h(prev.get('note'))}'></label></p>"
                  "<button type='submit' id='submit'>Save and next</button></form>")
     return _page("Rate an answer", "".join(parts))

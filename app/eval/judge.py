@@ -15,7 +15,9 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from app.config import ExperimentConfig, JudgeConfig
+from app.config import ExperimentConfig
+from app.eval.config import JudgeConfig
+from app.eval.answer import answer_all
 
 _VERDICT = re.compile(r"\b(incorrect|correct|yes|no)\b", re.IGNORECASE)
 SYSTEM = "You are a strict grader. Reply with a single word."
@@ -39,8 +41,6 @@ def judge_messages(questions: list[str], references: list[str], answers: list[st
 def judge_answers(frame: pd.DataFrame, answers: list[str], model: str, cfg: ExperimentConfig,
                   progress: Callable[[str], None]) -> tuple[list[float], list[str], dict[str, Any]]:
     """(verdicts 1/0, the judge's replies, facts) for one model's answers, in the frame's order."""
-    from app.eval.answer import answer_all
-
     judge = cfg.evaluation.judge
     assert judge is not None
     asked = [i for i, a in enumerate(answers) if a.strip()]

@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any, Iterable
 
 import numpy as np
+from app.embed import embed, rowwise_cosine
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)
@@ -141,8 +142,6 @@ def answer_spans(text: str, longest: int = 3, limit: int = 12) -> list[str]:
 def best_span_similarity(predictions: list[str], refs: np.ndarray) -> np.ndarray:
     """Per pair, the highest MiniLM cosine between the reference (its embedding, a row of ``refs``)
     and any span of the prediction."""
-    from app.data.embed import embed
-
     spans = [answer_spans(p) or [""] for p in predictions]
     vectors = embed([s for group in spans for s in group])
     out, at = np.zeros(len(predictions), dtype=np.float32), 0
@@ -187,8 +186,6 @@ def score_answers(predictions: list[str], references: list[str], rule: DomainRul
     """Per-example exact_match, token_f1, semantic_similarity (all-MiniLM-L6-v2 cosine of the whole
     answer and the reference, or ``similarity`` when given),
     reference_coverage (content-word recall), answer_words and domain_correct (0/1) under ``rule``."""
-    from app.data.embed import embed, rowwise_cosine
-
     coverage = rule.rule == "coverage"
     if similarity is None and len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")

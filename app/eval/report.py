@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from app.eval.stats import bootstrap_ci, holm, paired_comparison
+from app.eval.human import CRITERIA
 
 METRICS = ["domain_correct", "exact_match", "token_f1", "semantic_similarity", "reference_coverage", "bleu", "rouge1",
            "rouge2", "rougeL"]
@@ -170,8 +171,6 @@ def _num(v: float | None) -> str:
 
 def human_tables(human: dict[str, Any], models: list[str]) -> dict[str, pd.DataFrame]:
     """Tables of a human-evaluation study: scores per model, agreement, and human-vs-metric correlations."""
-    from app.eval.human import CRITERIA
-
     sc = human["scores"]["scores"]
     scores = pd.DataFrame([{"criterion": c, **{m: _ci(sc[m][c]) if c in sc.get(m, {}) else "-" for m in models}}
                            for c in CRITERIA])

@@ -18,10 +18,20 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from app.config import EvalModel, ExperimentConfig
+from app.config import ExperimentConfig
+from app.eval.config import EvalModel
 from app.eval.answer import EvalError, answer_all, prompts
 from app.eval.report import METRICS, col, metrics_of, relative_improvement, summarize, write_report
 from app.eval.testset import EvalDataError, dataset_split, fill_contexts, read_jsonl, sample
+from app import cluster
+from app.datasets import latest_dataset
+from app.eval.agreement import agreement, metric_correlations, model_scores
+from app.eval.human import CRITERIA, HumanEvalError, HumanEvalStore
+from app.eval.judge import judge_answers
+from app.eval.metrics import DomainRule, corpus_bleu, overlap_scores, score_answers
+from app.model_store import model_store
+from app.serving.manager import ensure_served, remove_app
+from app.tracking import connect, log_table, start_run
 
 
 def eval_root(cfg: ExperimentConfig) -> Path:
@@ -29,8 +39,6 @@ def eval_root(cfg: ExperimentConfig) -> Path:
 
 
 def domain_definition(cfg: ExperimentConfig) -> str:
-    from app.eval.metrics import DomainRule
-
     return DomainRule.of(cfg.evaluation).describe()
 
 
@@ -45,8 +53,6 @@ def judge_definition(cfg: ExperimentConfig) -> str:
 
 def score(frame: pd.DataFrame, answers: list[str], cfg: ExperimentConfig) -> pd.DataFrame:
     """Every metric of one model's answers, one row per example."""
-    from app.eval.metrics import DomainRule, overlap_scores, score_answers
-
     refs = frame["reference"].tolist()
     base = pd.DataFrame(score_answers(answers, refs, DomainRule.of(cfg.evaluation)))
     return pd.concat([base, pd.DataFrame(overlap_scores(answers, refs))], axis=1)[METRICS + ["answer_words"]]
@@ -60,8 +66,6 @@ def load_test_set(cfg: ExperimentConfig, progress: Callable[[str], None]) -> tup
         frames.append(read_jsonl(path))
         names.append(str(path))
     if not e.test_set or e.with_test_split:
-        from app.data.build import latest_dataset
-
         path = latest_dataset(cfg)
         split = dataset_split(path)
         if e.test_set:
@@ -80,10 +84,6 @@ def load_test_set(cfg: ExperimentConfig, progress: Callable[[str], None]) -> tup
 
 def served_models(cfg: ExperimentConfig, models: list[EvalModel], progress: Callable[[str], None]) -> bool:
     """Make the project's Serve app serve every store model listed; True when this call deployed it."""
-    from app import cluster
-    from app.serving.manager import ensure_served
-    from app.stages import model_store
-
     names = list(dict.fromkeys(m.model_id for m in models if not m.url))
     if not names:
         cluster.connect(cfg.ray)
@@ -104,10 +104,6 @@ def evaluate(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
     """Answer the test set with every configured model, score, aggregate, report, track."""
     import mlflow
     from transformers import AutoTokenizer
-
-    from app.eval.metrics import corpus_bleu
-    from app.stages import model_store
-    from app.tracking import connect, log_table, start_run
 
     e = cfg.evaluation
     connect(cfg)
@@ -139,14 +135,10 @@ def evaluate(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
                     table[col(m.name, k)] = scores[k].to_numpy()
                 bleu[m.name] = corpus_bleu(answers, frame["reference"].tolist())
                 if e.judge:
-                    from app.eval.judge import judge_answers
-
                     verdicts, replies, judged[m.name] = judge_answers(frame, answers, m.name, cfg, progress)
                     table[col(m.name, "judge_correct")], table[col(m.name, "judge_reply")] = verdicts, replies
         finally:
             if deployed:
-                from app.serving.manager import remove_app
-
                 progress("removing the Serve app this evaluation deployed")
                 remove_app()
         names = [m.name for m in models]
@@ -209,8 +201,6 @@ def load_summary(cfg: ExperimentConfig, run: str | None) -> tuple[str, dict[str,
 
 
 def human_store(cfg: ExperimentConfig):
-    from app.eval.human import HumanEvalStore
-
     return HumanEvalStore(cfg.evaluation.human.url(cfg.paths.resolved_home()))
 
 
@@ -229,10 +219,6 @@ def create_study(cfg: ExperimentConfig, name: str, annotators: list[str], run: s
 def human_results(cfg: ExperimentConfig, study: str, progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Agreement, human scores and their correlation with the metrics; folded into the run's report and MLflow run."""
     import mlflow
-
-    from app.eval.agreement import agreement, metric_correlations, model_scores
-    from app.eval.human import CRITERIA, HumanEvalError
-    from app.tracking import connect
 
     e = cfg.evaluation
     store = human_store(cfg)

@@ -14,13 +14,20 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from app.config import ExperimentConfig, RetrievalConfig
-from app.data.schema import pair_id
+from app.errors import AppError
+from app.config import ExperimentConfig
+from app.eval.config import RetrievalConfig
+from app.datasets import pair_id
+from app.data.build import read_corpus
+from app.data.corpus import ensure_default_corpus
+from app.datasets import GENERATORS
+from app.embed import embed
+from app.sampling import stratified_sample
 
 COLUMNS = ["example_id", "question", "reference", "context", "topic", "origin", "context_source"]
 
 
-class EvalDataError(ValueError):
+class EvalDataError(AppError, ValueError):
     """A test set that cannot be evaluated, with the reason (file, line, field)."""
 
 
@@ -86,8 +93,6 @@ def origin_of(origin: str) -> str:
     """Who wrote a question, for breakdowns: 'extracted:<kind>' (or a bare extraction kind) ->
     'extracted' (by rule from the text), 'llm:<model>' / 'llm_question' -> 'LLM-written', 'human' ->
     'human-written'; anything else as it is."""
-    from app.data.schema import GENERATORS
-
     family = str(origin).split(":", 1)[0] if origin else "unknown"
     if family in ("llm", "llm_question"):
         return "LLM-written"
@@ -100,7 +105,6 @@ def sample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     """At most ``limit`` examples, proportionally from every topic (deterministic for a seed)."""
     if not limit or limit >= len(frame):
         return frame.sort_values("example_id").reset_index(drop=True)
-    from app.train.data import stratified_sample
 
     keep = {r["example_id"] for r in stratified_sample(frame.to_dict("records"), limit, seed)}
     return frame[frame["example_id"].isin(keep)].sort_values("example_id").reset_index(drop=True)
@@ -123,8 +127,6 @@ class Retriever:
             self._bm25 = bm25s.BM25()
             self._bm25.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
         else:
-            from app.data.embed import embed
-
             self._vectors = embed(texts)
 
     def search(self, questions: list[str]) -> list[list[tuple[int, float]]]:
@@ -136,7 +138,6 @@ class Retriever:
             idx, scores = self._bm25.retrieve(bm25s.tokenize(questions, stopwords="en", show_progress=False), k=k,
                                               show_progress=False)
             return [[(int(i), float(s)) for i, s in zip(ri, rs)] for ri, rs in zip(idx, scores)]
-        from app.data.embed import embed
 
         sims = embed(questions) @ self._vectors.T
         order = np.argsort(-sims, axis=1)[:, :k]
@@ -148,9 +149,6 @@ class Retriever:
 
 def corpus_chunks(cfg: ExperimentConfig, tokenizer_file: Path, progress: Callable[[str], None]) -> list[dict]:
     """The retrieval corpus chunked as the dataset build chunks it (Ray Data over the files)."""
-    from app.data.build import read_corpus
-    from app.data.corpus import ensure_default_corpus
-
     where = cfg.evaluation.retrieval.corpus_dir or cfg.data.docs_dir
     root = Path(where).expanduser().resolve() if where else ensure_default_corpus(cfg.paths.resolved_home(), progress)
     if not root.is_dir():

@@ -13,8 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.config import ServingConfig
+from app.serving.config import ServingConfig
 from app.serving.guard import Limits, RequestGuard
+from app.model_store import ModelStore
 
 
 class ServeAppArgs(BaseModel):
@@ -134,8 +135,6 @@ def build_app(args: dict[str, Any]):
     from ray.llm._internal.serve.core.ingress.ingress import init as init_fastapi
     from ray.serve.llm import build_llm_deployment
     from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
-
-    from app.model_store import ModelStore
 
     parsed = ServeAppArgs.model_validate(args)
     s = parsed.serving

@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 
 import httpx
 
+from app.errors import AppError
 from app.model_store import ModelStore, StoredModel, model_fingerprint
 
 REFERENCE_FILE = "gate_reference.json"
@@ -63,7 +64,7 @@ MIN_TRUSTED_TOKENS = 4
 MIN_COUNTED = 4
 
 
-class GateError(RuntimeError):
+class GateError(AppError, RuntimeError):
     """A served model's answers do not agree with its reference; the message names the setting."""
 
 

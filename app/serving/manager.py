@@ -13,10 +13,14 @@ from typing import Any, Callable
 import httpx
 
 from app import cluster
-from app.config import ExperimentConfig, ServingConfig
+from app.errors import AppError
+from app.config import ExperimentConfig
+from app.serving.config import ServingConfig
+from app.endpoint import base_url, headers, listed_models
 from app.model_store import ModelStore
 from app.serving import gate
 from app.serving.builder import engine_args
+from app.serving.builder import ServeAppArgs, build_app
 
 # httpx logs every request at INFO; once Ray has set up structured logging in the driver, the
 # readiness polls of a deployment would fill a job's output with them.
@@ -25,7 +29,7 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 APP_NAME = "llm"
 
 
-class ServeError(RuntimeError):
+class ServeError(AppError, RuntimeError):
     """Serving could not be started or reached; the message says why."""
 
 
@@ -36,36 +40,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
-
-
-def base_url(s: ServingConfig) -> str:
-    return f"http://{s.host}:{s.port}"
-
-
-def external_endpoint(url: str, api_key_env: str | None, what: str,
-                      error: type[Exception]) -> tuple[str, str | None]:
-    """(base URL ending in /v1, API key read from the named environment variable) of an
-    OpenAI-compatible endpoint configured by URL; ``error`` names ``what`` when the key is unset."""
-    key = None
-    if api_key_env:
-        key = os.environ.get(api_key_env)
-        if not key:
-            raise error(f"{what}: api_key_env names {api_key_env}, which is not set")
-    base = url.rstrip("/")
-    return (base if base.endswith("/v1") else base + "/v1"), key
-
-
-def bearer(key: str | None) -> dict[str, str]:
-    """The Authorization header of an OpenAI-compatible API key (none without a key)."""
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def listed_models(base_v1: str, key: str | None, timeout: float = 10) -> set[str]:
-    """Model ids an OpenAI-compatible endpoint lists at /models (raises httpx.HTTPError, ValueError,
-    KeyError or TypeError when it does not answer properly)."""
-    r = httpx.get(base_v1 + "/models", headers=bearer(key), timeout=timeout)
-    r.raise_for_status()
-    return {m["id"] for m in r.json().get("data", [])}
 
 
 def ensure_served(cfg: ExperimentConfig, model_ids: list[str], purpose: str,
@@ -97,10 +71,6 @@ def ensure_served(cfg: ExperimentConfig, model_ids: list[str], purpose: str,
         ray.shutdown()
     up(cfg, progress)
     return True
-
-
-def headers(s: ServingConfig) -> dict[str, str]:
-    return bearer(s.api_key)
 
 
 def cluster_address(cfg: ExperimentConfig, progress: Callable[[str], None] = print) -> str:
@@ -202,8 +172,6 @@ def deploy(home: Path, s: ServingConfig, progress: Callable[[str], None] = print
     setting never shares the machine with the old engines (the sweep measures one at a time).
     """
     from ray import serve
-
-    from app.serving.builder import ServeAppArgs, build_app
 
     args = ServeAppArgs(home=str(home), serving=s).model_dump(mode="json")
     application = build_app(args)  # fails here, before deploying, on bad args or missing models

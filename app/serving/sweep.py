@@ -1,6 +1,6 @@
 """Serving-parameter sweep: deploy each setting on Ray Serve, load it, keep the best under an SLO.
 
-Every trial (see :meth:`ExperimentConfig.sweep_trials`) is deployed alone on the cluster, warmed
+Every trial (see :func:`sweep_trials`) is deployed alone on the cluster, warmed
 up, then loaded with streamed requests at each configured concurrency (closed loop, fixed output
 length). A load level *meets the SLO* when its p95 latencies are within the configured limits; a
 trial's score is its best throughput among the levels that meet it, i.e. throughput at equal p95
@@ -11,6 +11,7 @@ goes to one MLflow run (a child run per trial, metrics stepped by concurrency).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -19,10 +20,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from pydantic import ValidationError
 
-from app import cluster
-from app.config import ExperimentConfig, ServeSweepConfig, ServingConfig
+from app import cluster, endpoint
+from app.config import ExperimentConfig
+from app.serving.config import VLLM_DEFAULTS, ServeSweepConfig, ServingConfig
 from app.serving.loadgen import benchmark_prompts, run_load, summarize
+from app.model_store import model_fingerprint, model_store
+from app.serving.builder import serve_config_dict
+from app.serving.manager import APP_NAME, ServeError, cluster_address, deploy, wait_engines_gone
+from app.tracking import log_step_metrics, log_table, start_run
 
 POINT_KEYS = ("output_throughput", "request_throughput", "p50_ttft_ms", "p95_ttft_ms", "p95_tpot_ms",
               "p95_itl_ms", "p50_e2e_ms", "p95_e2e_ms", "completed", "failed")
@@ -90,6 +97,42 @@ def requests_for(concurrency: int, sw: ServeSweepConfig) -> int:
     return max(sw.min_requests, sw.requests_per_level * concurrency)
 
 
+def sweep_trials(cfg: ExperimentConfig) -> list[tuple[str, ServingConfig]]:
+    """The serve sweep's trials as (name, full serving section), each validated like the section.
+
+    Raises ServeError naming the trial and field for a value the serving section would reject (the
+    config checked each value alone; a combination can still break a rule across fields).
+    """
+    sw = cfg.serve_sweep
+    model = sw.model or cfg.serving.models[0]
+    base = cfg.serving.model_dump() | {"models": [model]}
+    wanted: list[tuple[str, dict[str, Any]]] = []
+    if sw.include_vllm_defaults:
+        wanted.append(("vllm-defaults", VLLM_DEFAULTS))
+    if sw.include_current:
+        wanted.append(("current", {}))
+    for t in sw.trials:
+        wanted.append((",".join(f"{k}={v}" for k, v in t.items()) or "current", t))
+    keys = list(sw.grid)
+    for combo in itertools.product(*(sw.grid[k] for k in keys)) if keys else []:
+        t = dict(zip(keys, combo))
+        wanted.append((",".join(f"{k}={v}" for k, v in t.items()), t))
+    out: list[tuple[str, ServingConfig]] = []
+    seen: dict[str, str] = {}
+    for name, overrides in wanted:
+        try:
+            serving = ServingConfig.model_validate(base | overrides)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            raise ServeError(f"serve_sweep trial {name!r}: {problems}") from None
+        key = serving.model_dump_json()
+        if key in seen:  # the same setting twice (e.g. a trial equal to the current section)
+            continue
+        seen[key] = name
+        out.append((name, serving))
+    return out
+
+
 def measure(url: str, model: str, sw: ServeSweepConfig, headers: dict[str, str], seed: int,
             progress: Callable[[str], None]) -> list[dict[str, Any]]:
     """Warm up, then one load run per concurrency level; returns the scored points."""
@@ -139,8 +182,6 @@ def combine_rounds(rounds: list[TrialResult], sw: ServeSweepConfig) -> TrialResu
 
 def run_trial(name: str, serving: ServingConfig, cfg: ExperimentConfig,
               progress: Callable[[str], None]) -> TrialResult:
-    from app.serving.manager import ServeError, base_url, deploy, headers
-
     result = TrialResult(name, serving)
     progress(f"trial {name}")
     try:
@@ -150,7 +191,7 @@ def run_trial(name: str, serving: ServingConfig, cfg: ExperimentConfig,
         progress(f"  could not deploy: {result.error[:300]}")
         return result
     result.deploy_seconds = info["deploy_seconds"]
-    result.points = measure(base_url(serving), serving.models[0], cfg.serve_sweep, headers(serving), cfg.seed,
+    result.points = measure(endpoint.base_url(serving), serving.models[0], cfg.serve_sweep, endpoint.headers(serving), cfg.seed,
                             progress)
     return result
 
@@ -204,14 +245,9 @@ def run_sweep(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_o
     import mlflow
     import ray
 
-    from app.serving.builder import serve_config_dict
-    from app.serving.manager import APP_NAME, cluster_address, wait_engines_gone
-    from app.stages import model_fingerprint, model_store
-    from app.tracking import log_step_metrics, log_table, start_run
-
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     sw = cfg.serve_sweep
-    trials = cfg.sweep_trials()
+    trials = sweep_trials(cfg)
     model = trials[0][1].models[0]
     stored = model_store(cfg).get(model)  # a clear error before any deployment when it is missing
     stamp = time.strftime("%Y%m%d-%H%M%S")

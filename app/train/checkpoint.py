@@ -21,6 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from app.errors import AppError
+
 STATE_FILE = "trainer_state.json"
 ADAPTER_DIR = "adapter"
 DS_DIR = "ds"
@@ -30,7 +32,7 @@ FORMAT = 1
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(AppError, RuntimeError):
     """A checkpoint that cannot be used as asked; the message names it and says why."""
 
 

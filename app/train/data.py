@@ -17,13 +17,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from app.errors import AppError
 from app.config import PromptConfig
 from app.prompts import qa_messages, truncate_context
 from app.train.batching import IGNORE_INDEX
+from app.eval.config import RetrievalConfig
+from app.eval.testset import Retriever
 
 
-
-class TemplateError(ValueError):
+class TemplateError(AppError, ValueError):
     """The model's chat template does not render a prompt as a prefix of the same prompt with its answer."""
 
 
@@ -107,9 +109,6 @@ def add_distractors(frame: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
     for its question, among the frame's distinct contexts; none when ``k`` is 0) and ``source_at``
     (where the own passage goes among them, uniform and seeded by pair id): training contexts that
     look like retrieval's."""
-    from app.config import RetrievalConfig
-    from app.eval.testset import Retriever
-
     passages = sorted(set(frame["context"].dropna()) - {""})
     if k == 0 or len(passages) < 2:
         return frame.assign(distractors=[[] for _ in range(len(frame))], source_at=0)
@@ -122,24 +121,3 @@ def add_distractors(frame: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
         where.append(random.Random(f"{seed}:{pair_id}").randint(0, len(others)))
     return frame.assign(distractors=out, source_at=where)
 
-
-def stratified_sample(records: list[dict[str, Any]], n: int, seed: int, key: str = "topic") -> list[dict[str, Any]]:
-    """Up to ``n`` records dealt round-robin across ``key`` values in a seeded order (deterministic)."""
-    if n >= len(records):
-        return list(records)
-    rng = random.Random(seed)
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault(str(r.get(key, "")), []).append(r)
-    queues = []
-    for k in sorted(groups):
-        g = list(groups[k])
-        rng.shuffle(g)
-        queues.append(g)
-    out: list[dict[str, Any]] = []
-    while len(out) < n:
-        for q in queues:
-            if q and len(out) < n:
-                out.append(q.pop())
-        queues = [q for q in queues if q]
-    return out

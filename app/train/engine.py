@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from app.config import TrainingConfig
+from app.train.config import TrainingConfig
 
 
 def warmup_steps(t: TrainingConfig, max_steps: int | None = None) -> int:

@@ -12,6 +12,9 @@ import mlflow.pyfunc
 import pandas as pd
 
 from app.train import checkpoint as ck
+from app.config import PromptConfig
+from app.generate import generate_batch
+from app.prompts import qa_messages, truncate_context
 
 
 def merge_adapter(ckpt: str, base_path: str, out_dir: str, dtype: str) -> dict[str, Any]:
@@ -47,8 +50,6 @@ class QAModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from app.config import PromptConfig
-
         path = context.artifacts["model"]
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype="auto").eval()
@@ -56,9 +57,6 @@ class QAModel(mlflow.pyfunc.PythonModel):
         self.max_new_tokens = int(context.model_config.get("max_new_tokens", 128))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
-        from app.generate import generate_batch
-        from app.prompts import qa_messages, truncate_context
-
         if "question" not in model_input:
             raise ValueError("input needs a 'question' column (and optionally 'context')")
         contexts = model_input["context"] if "context" in model_input else [None] * len(model_input)

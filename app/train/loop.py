@@ -23,6 +23,9 @@ from app.config import ExperimentConfig
 from app.train import checkpoint as ck
 from app.train.batching import causal_lm_loss, pack_examples, pad_batch, pad_packed
 from app.train.engine import deepspeed_config, lr_lambda, resolve_precision
+from app.eval.metrics import DomainRule, mean_scores, score_answers
+from app.generate import generate_batch
+from app.prompts import qa_messages, truncate_context
 
 SHUFFLE_BUFFER = 1024
 
@@ -212,10 +215,6 @@ def validate(engine: Any, tokenizer: Any, cfg: ExperimentConfig, args: LoopArgs,
     Every rank returns the same dict (computed on rank 0, broadcast).
     """
     import torch
-
-    from app.eval.metrics import DomainRule, mean_scores, score_answers
-    from app.generate import generate_batch
-    from app.prompts import qa_messages, truncate_context
 
     t, zero3 = cfg.training, cfg.training.zero_stage == 3
     engine.eval()

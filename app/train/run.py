@@ -18,12 +18,27 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from app.config import CHECKPOINT_METRICS, RESUMABLE_CHANGES, ExperimentConfig
-from app.data.schema import DatasetError
+from app.errors import AppError
+from app.config import ExperimentConfig
+from app.train.config import CHECKPOINT_METRICS, RESUMABLE_CHANGES
+from app.datasets import DatasetError
 from app.train import checkpoint as ck
+from app import cluster
+from app.config import PromptConfig
+from app.datasets import latest_dataset
+from app.eval.metrics import DomainRule, mean_scores, score_answers
+from app.eval.testset import origin_of
+from app.generate import generate_batch
+from app.model_store import check_target_modules, model_fingerprint, model_store
+from app.prompts import qa_messages, truncate_context
+from app.sampling import stratified_sample
+from app.tracking import connect, log_step_metrics, log_table, start_run
+from app.train.data import add_distractors, tokenize_batch
+from app.train.export import merge_adapter, register_in_mlflow
+from app.train.loop import train_loop_per_worker
 
 
-class TrainingError(RuntimeError):
+class TrainingError(AppError, RuntimeError):
     """Training could not run or finish as configured; the message says why and what to change."""
 
 
@@ -36,8 +51,6 @@ def train_root(cfg: ExperimentConfig) -> Path:
 
 def dataset_dir(cfg: ExperimentConfig) -> Path:
     """The dataset version to train on: the latest successful build of data.name."""
-    from app.data.build import latest_dataset
-
     path = latest_dataset(cfg)
     missing = [s for s in ("train", "validation") if not (path / f"{s}.parquet").is_file()]
     if missing:
@@ -112,8 +125,6 @@ def tokenized_datasets(cfg: ExperimentConfig, path: Path, model_path: Path,
     import ray
     from ray.data.expressions import col, lit
 
-    from app.train.data import add_distractors, tokenize_batch
-
     max_len = cfg.training.max_seq_len or cfg.model.max_seq_len
     frames = []
     for split in ("train", "validation"):
@@ -160,8 +171,6 @@ def tokenized_datasets(cfg: ExperimentConfig, path: Path, model_path: Path,
 
 def generation_sample(path: Path, n: int, seed: int) -> list[dict[str, Any]]:
     """The fixed validation sample answered at every validation (stratified by topic)."""
-    from app.train.data import stratified_sample
-
     frame = pd.read_parquet(path / "validation.parquet", columns=["pair_id", "question", "answer", "context", "topic"])
     records = sorted(frame.to_dict("records"), key=lambda r: r["pair_id"])
     return stratified_sample(records, n, seed)
@@ -175,8 +184,6 @@ def build_trainer(cfg: ExperimentConfig, datasets: dict[str, Any], loop_args: di
     """The TorchTrainer of a training section (shared by `train run` and every `train tune` trial)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from app.train.loop import train_loop_per_worker
 
     t = cfg.training
     resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
@@ -206,10 +213,6 @@ def answer_split(model_dir: str, records: list[dict[str, Any]], prompt: dict[str
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from app.config import PromptConfig
-    from app.generate import generate_batch
-    from app.prompts import qa_messages, truncate_context
-
     torch.set_num_threads(threads)
     p = PromptConfig.model_validate(prompt)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -224,11 +227,6 @@ def compare_on_validation(cfg: ExperimentConfig, path: Path, models: dict[str, P
     """Every model answers the whole validation split the same way; per-model mean metrics and the
     per-example table (question, reference, each model's answer and scores)."""
     import ray
-
-    from app.eval.metrics import DomainRule, mean_scores, score_answers
-
-    from app.eval.testset import origin_of
-    from app.train.data import stratified_sample
 
     t = cfg.training
 
@@ -273,11 +271,6 @@ def finetune(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
     import ray
     from ray.train import TrainingFailedError
 
-    from app import cluster
-    from app.model_store import check_target_modules
-    from app.stages import model_fingerprint, model_store
-    from app.tracking import connect, log_step_metrics, log_table, start_run
-
     t = cfg.training
     connect(cfg)  # the tracking server first: a resumed run reopens its MLflow run
     store = model_store(cfg)
@@ -317,9 +310,8 @@ def finetune(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
         raise TrainingError(f"the Ray cluster has {resources.get('CPU', 0):.0f} CPUs and {resources.get('GPU', 0):.0f} "
                             f"GPUs; training needs {need} CPUs" + (f" and {t.num_workers} GPUs" if t.use_gpu else "")
                             + " (training.num_workers x cpus_per_worker)")
-    from app.data.build import _data_context
 
-    _data_context()
+    cluster.quiet_data_context()
     progress(f"tokenizing {data_path.name} on Ray Data (prompt with context: {cfg.prompt.use_context})")
     datasets, counts = tokenized_datasets(cfg, data_path, base.path, progress)
     val_gen = generation_sample(data_path, t.val_generation_samples, cfg.seed)
@@ -365,8 +357,6 @@ def finetune(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
         mlflow.log_artifacts(str(best / ck.ADAPTER_DIR), artifact_path="adapter")
         mlflow.log_dict(best_state, "adapter/trainer_state.json")
 
-        from app.train.export import merge_adapter
-
         progress(f"merging the adapter into {cfg.model.name} -> store model {output_model!r}")
         tmp = store.root / f".{output_model}.export-{int(time.time())}"
         try:
@@ -386,8 +376,6 @@ def finetune(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
             "best_step": best_state["step"], "best_metrics": best_state["metrics"], "model": output_model,
             "model_path": str(stored.path), "train_seconds": round(train_seconds, 1), **counts}
         if t.register_model:
-            from app.train.export import register_in_mlflow
-
             reg = register_in_mlflow(stored.path, output_model, cfg.prompt.model_dump(mode="json"),
                                      cfg.evaluation.max_new_tokens,
                                      {"train_run": run_name, "checkpoint": best.name, "base_model": cfg.model.name,

@@ -14,7 +14,12 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from app.config import CHECKPOINT_METRICS, ExperimentConfig
+from app.config import ExperimentConfig
+from app.train.config import CHECKPOINT_METRICS
+from app import cluster
+from app.model_store import check_target_modules, model_fingerprint, model_store
+from app.tracking import STAGE_TAG, connect, log_table, start_run
+from app.train.run import TrainingError, build_trainer, dataset_dir, fingerprint, generation_sample, tokenized_datasets, train_root
 
 TRIAL_TAG = "app.tune_trial"
 
@@ -47,14 +52,6 @@ def tune_lora(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_o
     from ray.tune.integration.ray_train import TuneReportCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from app import cluster
-    from app.data.build import _data_context
-    from app.model_store import check_target_modules
-    from app.stages import model_fingerprint, model_store
-    from app.tracking import STAGE_TAG, connect, log_table, start_run
-    from app.train.run import (TrainingError, build_trainer, dataset_dir, fingerprint, generation_sample,
-                               tokenized_datasets, train_root)
-
     tc, metric = cfg.tune, cfg.training.checkpoint_metric
     mode = CHECKPOINT_METRICS[metric]
     connect(cfg)
@@ -66,7 +63,7 @@ def tune_lora(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_o
     if resources.get("CPU", 0) < tc.num_workers * tc.cpus_per_worker:
         raise TrainingError(f"the Ray cluster has {resources.get('CPU', 0):.0f} CPUs; a trial needs "
                             f"{tc.num_workers * tc.cpus_per_worker} (tune.num_workers x tune.cpus_per_worker)")
-    _data_context()
+    cluster.quiet_data_context()
     probe = trial_config(cfg, {"r": tc.r[0], "alpha": tc.alpha[0], "lr": tc.lr[0]}, "probe")  # validates early
     datasets, counts = tokenized_datasets(probe, data_path, base.path, progress)
     val_gen = generation_sample(data_path, tc.val_generation_samples, cfg.seed)

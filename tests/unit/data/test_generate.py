@@ -2,7 +2,8 @@
 
 import pytest
 
-from app.data.generate import ParseError, locate_evidence, pairs_from_output, parse_pairs, response_text
+from app.data.generate import ParseError, locate_evidence, pairs_from_output, parse_pairs
+from app.endpoint import response_text
 
 CHUNK = {"chunk_id": "abc-0001", "doc_id": "abc", "doc_path": "lib/os.md", "doc_title": "os", "section": "os > Files",
          "topic": "os-services",
@@ -69,7 +70,7 @@ def test_response_text_shapes():
 
 # -- answer-first generation ----------------------------------------------------------------------
 
-from app.config import GenerationConfig  # noqa: E402
+from app.data.config import GenerationConfig
 from app.data.generate import (answer_passages, parse_question, parse_questions, plan_requests,  # noqa: E402
                                question_guide, question_row, question_rows)
 
@@ -206,7 +207,7 @@ def test_the_requester_stops_at_its_deadline_and_turns_failures_into_rows(slow_e
     import json as _json
     import time
 
-    from app.data.generate import ChatRequester
+    from app.endpoint import ChatRequester
 
     bodies = [_json.dumps({"sleep": 0}), _json.dumps({"fail": True}), _json.dumps({"sleep": 5}), _json.dumps({"sleep": 0})]
     started = time.time()
@@ -225,7 +226,7 @@ def test_the_requester_keeps_to_its_rate_limit(slow_endpoint):
     import json as _json
     import time
 
-    from app.data.generate import ChatRequester
+    from app.endpoint import ChatRequester
 
     body = _json.dumps({"sleep": 0})
     for qps, at_least in ((None, 0.0), (4.0, 5 / 4)):

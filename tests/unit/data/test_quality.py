@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from app.config import QualityConfig
+from app.data.config import QualityConfig
 from app.data.quality import deduplicate, form_problems, score_frame
 
 Q = QualityConfig()
@@ -59,7 +59,7 @@ def test_a_model_written_question_must_point_at_its_own_answer():
     """The round trip: of the chunk's sentences, the answer's must be the closest to the question."""
     import pandas as pd
 
-    from app.config import QualityConfig
+    from app.data.config import QualityConfig
     from app.data.quality import score_frame
 
     context = ("The `--amend` option replaces the tip of the current branch by creating a new commit. "

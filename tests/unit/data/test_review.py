@@ -7,7 +7,7 @@ import json
 import pytest
 
 from app.data.review import ReviewError, ReviewStore, UnknownPairError
-from app.data.schema import pair_id
+from app.datasets import pair_id
 
 
 def make_pair(i: int, *, answer: str | None = None, accepted: bool = True, topic: str = "io",
@@ -273,7 +273,7 @@ def test_bad_url():
 def test_cli(tmp_path, pairs):
     from typer.testing import CliRunner
 
-    from app.data.review_cli import review_app
+    from app.cli.review import review_app
 
     db = tmp_path / "cli" / "review.db"
     store = ReviewStore(f"sqlite:///{db}")

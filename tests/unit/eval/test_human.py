@@ -132,7 +132,8 @@ def test_sessions_are_stored_hashed_survive_reopening_and_expire(tmp_path):
 
     from sqlalchemy import update
 
-    from app.eval.human import SESSION_DAYS, LoginSession, _now
+    from app.db import utc_now
+    from app.eval.human import SESSION_DAYS, LoginSession
 
     url = f"sqlite:///{tmp_path / 'h.db'}"
     store = HumanEvalStore(url)
@@ -150,6 +151,6 @@ def test_sessions_are_stored_hashed_survive_reopening_and_expire(tmp_path):
     store.close_session(sid)
     assert store.session_annotator(sid) is None and store.session_annotator(other) == ann
     with store._session() as s, s.begin():
-        s.execute(update(LoginSession).values(created_at=_now() - timedelta(days=SESSION_DAYS, seconds=1)))
+        s.execute(update(LoginSession).values(created_at=utc_now() - timedelta(days=SESSION_DAYS, seconds=1)))
     assert store.session_annotator(other) is None
     store.close()

@@ -3,7 +3,8 @@ import json
 import pandas as pd
 import pytest
 
-from app.config import ConfigError, JudgeConfig, load_config
+from app.config import ConfigError, load_config
+from app.eval.config import JudgeConfig
 from app.eval.agreement import metric_correlations
 from app.eval.judge import judge_messages, parse_verdict
 from app.eval.report import METRICS, col, summarize, tables, write_report

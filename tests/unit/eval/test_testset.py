@@ -3,7 +3,7 @@ import json
 import pandas as pd
 import pytest
 
-from app.config import RetrievalConfig
+from app.eval.config import RetrievalConfig
 from app.eval.testset import Retriever, EvalDataError, dataset_split, read_jsonl, sample
 
 CHUNKS = [
@@ -104,6 +104,7 @@ def test_a_test_set_with_the_test_split_in_one_run(tmp_path, monkeypatch):
 
 def test_retrieval_scoped_by_topic_searches_the_topics_folder(monkeypatch):
     from app import config
+    from app.eval.config import RetrievalConfig
     from app.eval import testset
 
     chunks = [{"doc_path": "curl/FAQ-like.md", "text": "curl stops a transfer when a callback returns an error."},
@@ -118,5 +119,5 @@ def test_retrieval_scoped_by_topic_searches_the_topics_folder(monkeypatch):
     assert got["context"].tolist() == [chunks[0]["text"], chunks[1]["text"]]  # curl's folder only; the rest: all
     assert facts["scope"] == "topic" and set(got["context_source"]) == {"retrieved:bm25:topic"}
     whole, _ = testset.fill_contexts(frame, cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={
-        "retrieval": config.RetrievalConfig(top_k=1)})}), None, lambda _: None)
+        "retrieval": RetrievalConfig(top_k=1)})}), None, lambda _: None)
     assert whole["context"].tolist() == [chunks[1]["text"]] * 2

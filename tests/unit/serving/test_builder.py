@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from app.config import VLLM_DEFAULTS, ServingConfig
+from app.serving.config import ServingConfig, VLLM_DEFAULTS
 from app.serving.builder import engine_args, vllm_server_command
 
 

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from app.config import GateConfig, ModelConfig
+from app.config import ModelConfig
+from app.serving.config import GateConfig
 from app.model_store import ModelStore
 from app.serving import gate
 

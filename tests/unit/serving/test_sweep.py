@@ -2,8 +2,9 @@
 
 import pytest
 
-from app.config import ConfigError, ServeSweepConfig, ServingConfig, load_config
-from app.serving.sweep import TrialResult, changed_fields, pick_winner, score_point, slo_violations, tuned_serving
+from app.config import ConfigError, load_config
+from app.serving.config import ServeSweepConfig, ServingConfig
+from app.serving.sweep import TrialResult, sweep_trials, changed_fields, pick_winner, score_point, slo_violations, tuned_serving
 
 
 def point(c, tput, ttft=100.0, tpot=50.0, e2e=1000.0, failed=0):
@@ -44,14 +45,14 @@ def test_winner_is_best_under_slo_not_best_raw_throughput():
 
 def test_trials_expand_validate_and_deduplicate():
     cfg = load_config(None, ["serve_sweep.grid={max_num_seqs: [16, 32], enable_prefix_caching: [true, false]}"])
-    names = [n for n, _ in cfg.sweep_trials()]
+    names = [n for n, _ in sweep_trials(cfg)]
     # max_num_seqs=32 with prefix caching on is the current section itself: measured once.
     assert names == ["vllm-defaults", "current", "max_num_seqs=16,enable_prefix_caching=True",
                      "max_num_seqs=16,enable_prefix_caching=False", "max_num_seqs=32,enable_prefix_caching=False"]
-    defaults = dict(cfg.sweep_trials())["vllm-defaults"]
+    defaults = dict(sweep_trials(cfg))["vllm-defaults"]
     assert defaults.max_num_seqs is None and defaults.cpu_threads_bind == "auto"
     assert defaults.kv_cache_gib == cfg.serving.kv_cache_gib  # same memory budget: same work
-    assert all(s.models == [cfg.model.name] for _, s in cfg.sweep_trials())
+    assert all(s.models == [cfg.model.name] for _, s in sweep_trials(cfg))
 
 
 @pytest.mark.parametrize("override, words", [
@@ -75,7 +76,7 @@ def test_no_slo_is_rejected():
 
 def test_tuned_section_keeps_every_model_and_only_changes_tuned_fields():
     cfg = load_config(None, ["serving.models=[a, b]", "serve_sweep.trials=[{max_num_seqs: 64, cpu_threads_bind: '1'}]"])
-    name, trial = cfg.sweep_trials()[-1]
+    name, trial = sweep_trials(cfg)[-1]
     assert trial.models == ["a"]
     tuned = tuned_serving(cfg, TrialResult(name, trial))
     assert tuned.models == ["a", "b"] and tuned.max_num_seqs == 64
@@ -106,7 +107,7 @@ def test_rounds_average_per_level_and_keep_the_spread():
 
 def test_without_grid_only_the_named_trials_run():
     cfg = load_config(None, ["serve_sweep.include_current=false", "serve_sweep.trials=[{max_num_seqs: 8}]"])
-    assert [n for n, _ in cfg.sweep_trials()] == ["vllm-defaults", "max_num_seqs=8"]
+    assert [n for n, _ in sweep_trials(cfg)] == ["vllm-defaults", "max_num_seqs=8"]
 
 
 def test_a_trial_that_failed_the_gate_is_reported_failed_never_fast():

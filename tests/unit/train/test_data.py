@@ -5,7 +5,8 @@ import torch
 
 from app.config import PromptConfig
 from app.train.batching import IGNORE_INDEX, causal_lm_loss, loss_positions, pack_examples, pad_batch, pad_packed
-from app.train.data import TemplateError, encode_example, stratified_sample, tokenize_batch
+from app.sampling import stratified_sample
+from app.train.data import TemplateError, encode_example, tokenize_batch
 
 CONTEXT = ("`json.dumps(obj, *, skipkeys=False, ensure_ascii=True)` : Serialize obj to a JSON formatted str. "
            "If skipkeys is true, dict keys that are not of a basic type are skipped.")

@@ -1,6 +1,6 @@
 import pytest
 
-from app.config import TrainingConfig
+from app.train.config import TrainingConfig
 from app.train.engine import deepspeed_config, lr_lambda, warmup_steps
 
 

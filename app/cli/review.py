@@ -1,51 +1,35 @@
-"""``app dataset review ...``: the review web app, offline review files, and review statistics.
-
-app.cli is imported inside the functions only: app.cli mounts ``review_app``, so a module-level import
-would be circular.
-"""
+"""``app dataset review ...``: the review web app, offline review files, and review statistics."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Optional
 
 import typer
+from rich.table import Table
+from rich.text import Text
+
+from app.cli.common import ConfigOpt, SetOpt, console, handled, load
+
+# The review modules (SQLAlchemy, FastAPI) are imported inside the commands: `app --help` must
+# stay under 2 s (tests/unit/test_layers.py measures it).
 
 review_app = typer.Typer(help="Human review and correction of the dataset's QA pairs.", no_args_is_help=True)
 
-# The same options as app.cli's ConfigOpt / SetOpt (defined here to avoid importing app.cli at import time).
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment YAML (default: built-in defaults).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override, e.g. --set training.lr=1e-4 (repeatable).")]
-
-
-def _handled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """app.cli's error handling (ReviewError included): a clear message and exit code 1, not a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from app.cli import handled
-
-        return handled(fn)(*args, **kwargs)
-
-    return wrapper
-
 
 def _store(config: Path | None, set_: list[str] | None):
-    from app.cli import _load
     from app.data.review import ReviewStore
 
-    cfg = _load(config, set_)
+    cfg = load(config, set_)
     return ReviewStore(cfg.data.review_url(cfg.paths.resolved_home()))
 
 
 @review_app.command("serve")
-@_handled
+@handled
 def review_serve(config: ConfigOpt = None, set_: SetOpt = None,
                  host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: all)."),
                  port: int = typer.Option(8765, min=1, max=65535, help="TCP port.")) -> None:
     """Serve the review page and its JSON API until Ctrl-C."""
-    from app.cli import console
     from app.data.review_web import serve
 
     store = _store(config, set_)
@@ -56,24 +40,22 @@ def review_serve(config: ConfigOpt = None, set_: SetOpt = None,
 
 
 @review_app.command("export")
-@_handled
+@handled
 def review_export(path: Path, config: ConfigOpt = None, set_: SetOpt = None,
                   status: Optional[str] = typer.Option(None, help="Only items of this status "
                                                                   "(pending, approved, edited, rejected).")) -> None:
     """Write the items to a JSONL file for offline review (edit it, then `import` it)."""
-    from app.cli import console
 
     n = _store(config, set_).export_jsonl(path, status=status)
     console.print(f"exported {n} items to {path}", highlight=False, markup=False)
 
 
 @review_app.command("import")
-@_handled
+@handled
 def review_import(path: Path, config: ConfigOpt = None, set_: SetOpt = None,
                   reviewer: Optional[str] = typer.Option(None, help="Reviewer recorded for every change "
                                                                     "(else each line's `reviewer`).")) -> None:
     """Apply a reviewed JSONL file: all lines are checked first, then applied together or not at all."""
-    from app.cli import console
 
     counts = _store(config, set_).import_jsonl(path, reviewer=reviewer)
     console.print(f"imported {path}: {counts['changed']} changed, {counts['unchanged']} unchanged "
@@ -81,13 +63,9 @@ def review_import(path: Path, config: ConfigOpt = None, set_: SetOpt = None,
 
 
 @review_app.command("stats")
-@_handled
+@handled
 def review_stats(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Items by status, by generator and by topic."""
-    from rich.table import Table
-    from rich.text import Text
-
-    from app.cli import console
     from app.data.review import STATUSES
 
     stats = _store(config, set_).stats()
@@ -104,13 +82,9 @@ def review_stats(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 
 @review_app.command("show")
-@_handled
+@handled
 def review_show(pair_id: str, config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """One item and its full review history."""
-    from rich.table import Table
-    from rich.text import Text
-
-    from app.cli import console
 
     store = _store(config, set_)
     item, history = store.get(pair_id), store.history(pair_id)

@@ -1,4 +1,6 @@
-"""The record every stage passes on: one QA pair with its source, as a flat dict (a Ray Data row).
+"""The dataset handoff: where builds live, which is the latest, and the record every stage passes on.
+
+The record is: one QA pair with its source, as a flat dict (a Ray Data row).
 
 Keys (all strings unless noted):
     pair_id        stable id: hash of (generator, doc_id, original question), so it survives rebuilds and
@@ -18,8 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-class DatasetError(RuntimeError):
+from app.errors import AppError
+
+if TYPE_CHECKING:  # annotations only: the config composes the stages' sections, this module sits under them
+    from app.config import ExperimentConfig
+
+
+class DatasetError(AppError, RuntimeError):
     """The dataset cannot be built as configured; the message says what to change."""
 
 
@@ -37,3 +47,15 @@ def pair_id(generator: str, scope: str, question: str) -> str:
     """Id of a pair: its generator, the document (or chunk, for per-chunk error rows) and question."""
     key = f"{generator}\x1f{scope}\x1f{normalize_text(question)}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def datasets_root(cfg: ExperimentConfig) -> Path:
+    return cfg.paths.resolved_home() / "datasets" / cfg.data.name
+
+
+def latest_dataset(cfg: ExperimentConfig) -> Path:
+    """Folder of the last successful build of the configured dataset."""
+    pointer = datasets_root(cfg) / "LATEST"
+    if not pointer.is_file():
+        raise DatasetError(f"no build of dataset {cfg.data.name!r} under {datasets_root(cfg)}: run `app dataset build`")
+    return datasets_root(cfg) / pointer.read_text().strip()
