@@ -14,6 +14,7 @@ from typing import Any, Callable, NoReturn
 
 from app.config import load_config
 from app.errors import report_errors
+from app.stages import PIPELINE_SUMMARY, REGISTRY, run_pipeline
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -21,9 +22,11 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def job_main(stage: Callable[..., Any], argv: list[str] | None = None) -> None:
+def job_main(name: str, argv: list[str] | None = None) -> None:
+    """Run the registered stage ``name`` (or ``"pipeline"``, the main job) as a job."""
     sys.stdout.reconfigure(line_buffering=True)  # progress visible live in `ray job logs` and pipes
-    parser = argparse.ArgumentParser(description=(stage.__doc__ or "").strip().splitlines()[0])
+    stage: Callable[..., Any] = run_pipeline if name == "pipeline" else REGISTRY[name].run
+    parser = argparse.ArgumentParser(description=PIPELINE_SUMMARY if name == "pipeline" else REGISTRY[name].summary)
     parser.add_argument("--config", "-c", type=Path, help="experiment YAML (default: built-in defaults)")
     parser.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set training.lr=1e-4 (repeatable)")

@@ -12,17 +12,12 @@ pipeline can key a stage's cached result on exactly those plus the content of wh
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from app.config import ExperimentConfig
-from app.data.build import build_dataset
-from app.eval.run import evaluate
-from app.prepare.run import prepare_model
-from app.serving.sweep import run_sweep
-from app.train.run import finetune
-from app.train.tune import tune_lora
 
 StageFn = Callable[..., dict[str, Any]]
 
@@ -30,31 +25,40 @@ StageFn = Callable[..., dict[str, Any]]
 @dataclass(frozen=True)
 class Stage:
     name: str
-    run: StageFn
+    summary: str  # one line, for --help
+    target: str  # "module:function"; imported when the stage runs, not with the registry (see below)
     reads: tuple[str, ...]  # config sections / top-level fields the stage's code reads
     consumes: tuple[str, ...]  # artifacts it needs (produced by an earlier stage or given by the user)
     produces: tuple[str, ...]  # artifacts it leaves for later stages
 
-    @property
-    def summary(self) -> str:
-        return (self.run.__doc__ or "").strip().splitlines()[0]
-
+    def run(self, cfg: ExperimentConfig, config_path: Path | None = None, **kw: Any) -> dict[str, Any]:
+        # Deferred for start-up time: importing every stage (Ray Data, Ray Train, sklearn, vLLM
+        # helpers) takes about 9 s on 2 cores; a job or command loads only the stage it runs.
+        # tests/unit/test_layers.py counts these targets as imports of this module.
+        module, _, function = self.target.partition(":")
+        return getattr(importlib.import_module(module), function)(cfg, config_path, **kw)
 
 # Artifacts: base_model (a store entry), documents (data.docs_dir or the embedded corpus),
 # dataset (a dataset build), finetuned_model (a store entry with its adapter), tune_result (the best
 # LoRA settings), eval_report (an evaluation run), serve_config (the tuned Serve config).
 REGISTRY: dict[str, Stage] = {s.name: s for s in (
-    Stage("prepare_model", prepare_model, reads=("model", "lora", "ray"),
+    Stage("prepare_model", "Put the base model into the store, probe it on a Ray worker, record it in MLflow.",
+          "app.prepare.run:prepare_model", reads=("model", "lora", "ray"),
           consumes=(), produces=("base_model",)),
-    Stage("build_dataset", build_dataset, reads=("seed", "model", "ray", "data", "training", "serving"),
+    Stage("build_dataset", "Domain QA dataset on Ray Data: extracted + LLM pairs, quality checks, review, splits.",
+          "app.data.build:build_dataset", reads=("seed", "model", "ray", "data", "training", "serving"),
           consumes=("base_model", "documents"), produces=("dataset",)),
-    Stage("serve_sweep", run_sweep, reads=("seed", "model", "ray", "serving", "serve_sweep"),
+    Stage("serve_sweep", "Serving-parameter sweep on Ray Serve: each setting loaded at rising concurrency.",
+          "app.serving.sweep:run_sweep", reads=("seed", "model", "ray", "serving", "serve_sweep"),
           consumes=("base_model",), produces=("serve_config",)),
-    Stage("finetune", finetune, reads=("name", "seed", "model", "ray", "data", "prompt", "lora", "training", "evaluation"),
+    Stage("finetune", "LoRA fine-tuning on Ray Train + DeepSpeed, checkpoints chosen by validation metrics.",
+          "app.train.run:finetune", reads=("name", "seed", "model", "ray", "data", "prompt", "lora", "training", "evaluation"),
           consumes=("base_model", "dataset"), produces=("finetuned_model",)),
-    Stage("tune_lora", tune_lora, reads=("seed", "model", "ray", "data", "prompt", "lora", "training", "evaluation", "tune"),
+    Stage("tune_lora", "Ray Tune search over LoRA rank, alpha and learning rate.",
+          "app.train.tune:tune_lora", reads=("name", "seed", "model", "ray", "data", "prompt", "lora", "training", "evaluation", "tune"),
           consumes=("base_model", "dataset"), produces=("tune_result",)),
-    Stage("evaluate", evaluate, reads=("seed", "model", "ray", "data", "prompt", "training", "evaluation", "serving"),
+    Stage("evaluate", "Evaluation of several models: metrics with intervals, paired tests, a report.",
+          "app.eval.run:evaluate", reads=("seed", "model", "ray", "data", "prompt", "training", "evaluation", "serving"),
           consumes=("base_model", "finetuned_model", "dataset"), produces=("eval_report",)),
 )}
 
@@ -62,6 +66,7 @@ REGISTRY: dict[str, Stage] = {s.name: s for s in (
 STAGES: dict[str, StageFn] = {name: s.run for name, s in REGISTRY.items()}
 # The main job, in order.
 PIPELINE: list[str] = ["prepare_model", "build_dataset", "finetune", "evaluate"]
+PIPELINE_SUMMARY = "The main job: every stage built so far, in order, each its own MLflow run."
 
 
 def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *,

@@ -8,7 +8,6 @@ The versioned dataset lands in <home>/datasets/<name>/<version>/ and in the MLfl
 """
 
 from app.entry import job_main
-from app.stages import REGISTRY
 
 if __name__ == "__main__":
-    job_main(REGISTRY["build_dataset"].run)
+    job_main("build_dataset")

@@ -10,7 +10,6 @@ project's vLLM-on-Ray-Serve app; results in <home>/eval/<run>/ and in MLflow.
 """
 
 from app.entry import job_main
-from app.stages import REGISTRY
 
 if __name__ == "__main__":
-    job_main(REGISTRY["evaluate"].run)
+    job_main("evaluate")

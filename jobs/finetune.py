@@ -9,7 +9,6 @@ checkpoint under <home>/train/<run>/; the merged model lands in the model store 
 """
 
 from app.entry import job_main
-from app.stages import REGISTRY
 
 if __name__ == "__main__":
-    job_main(REGISTRY["finetune"].run)
+    job_main("finetune")

@@ -5,7 +5,6 @@
 """
 
 from app.entry import job_main
-from app.stages import run_pipeline
 
 if __name__ == "__main__":
-    job_main(run_pipeline)
+    job_main("pipeline")

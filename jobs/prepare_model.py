@@ -5,7 +5,6 @@
 """
 
 from app.entry import job_main
-from app.stages import REGISTRY
 
 if __name__ == "__main__":
-    job_main(REGISTRY["prepare_model"].run)
+    job_main("prepare_model")

@@ -9,7 +9,6 @@ The winner's Serve config lands in <home>/reports/serve_sweep/<time>/ and in the
 """
 
 from app.entry import job_main
-from app.stages import REGISTRY
 
 if __name__ == "__main__":
-    job_main(REGISTRY["serve_sweep"].run)
+    job_main("serve_sweep")

@@ -8,7 +8,6 @@ Prints the best trial's settings as --set overrides for `jobs/finetune.py`.
 """
 
 from app.entry import job_main
-from app.stages import REGISTRY
 
 if __name__ == "__main__":
-    job_main(REGISTRY["tune_lora"].run)
+    job_main("tune_lora")

@@ -10,7 +10,7 @@ from rich.table import Table
 from app.cli.common import ConfigOpt, SetOpt, console, handled, load, run_stage, say
 
 # Stage modules (Ray, pandas, torch behind them) are imported inside the commands: `app --help`
-# must stay under 2 s (tests/unit/test_layers.py measures it).
+# must stay under 2 s (tests/unit/test_layers.py checks that it loads none of them).
 
 eval_app = typer.Typer(help="Evaluation: many models on one test set, intervals, paired tests, reports.", no_args_is_help=True)
 

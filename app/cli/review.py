@@ -12,7 +12,7 @@ from rich.text import Text
 from app.cli.common import ConfigOpt, SetOpt, console, handled, load
 
 # The review modules (SQLAlchemy, FastAPI) are imported inside the commands: `app --help` must
-# stay under 2 s (tests/unit/test_layers.py measures it).
+# stay under 2 s (tests/unit/test_layers.py checks that it loads none of them).
 
 review_app = typer.Typer(help="Human review and correction of the dataset's QA pairs.", no_args_is_help=True)
 
