@@ -6,6 +6,10 @@ import os
 
 from app.config import RayConfig
 
+# Deferred imports: ray is imported inside the functions that use it,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
+
 # Whether this process's Ray connection forwards the cluster's worker output (progress lines of
 # training workers, Ray Data tasks) to its own stdout. Serving commands connect without it (engine
 # logs would flood them); a later stage that needs its workers' progress reconnects.
@@ -50,7 +54,9 @@ def connect(cfg: RayConfig) -> dict[str, float]:
 
 def quiet_data_context() -> None:
     """Ray Data without progress bars or the execution banner: stages print their own progress."""
-    from ray.data import DataContext  # deferred like every Ray import here: `app --help` must not load Ray
+    from ray.data import (
+        DataContext,  # deferred like every Ray import here: `app --help` must not load Ray
+    )
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,8 +95,6 @@ class PromptConfig(Section):
 
     @model_validator(mode="after")
     def _placeholders(self) -> PromptConfig:
-        import string
-
         for name, text, needed in (("template", self.template, {"context", "question"}),
                                    ("no_context_template", self.no_context_template, {"question"})):
             try:

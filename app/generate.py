@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+# Deferred imports: torch, transformers are imported inside the functions that use them,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
+
 
 @dataclass(frozen=True)
 class Answer:

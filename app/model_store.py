@@ -28,8 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from app.errors import AppError
 from app.config import ExperimentConfig, ModelConfig
+from app.errors import AppError
+
+# Deferred imports: huggingface_hub, torch, transformers are imported inside the functions that use them,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 MANIFEST = "store.json"
 WEIGHT_SUFFIXES = (".safetensors",)

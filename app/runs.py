@@ -8,6 +8,10 @@ from typing import Any
 
 from app.tracking import HASH_TAG, STAGE_TAG, TrackingError
 
+# Deferred imports: matplotlib, mlflow are imported inside the functions that use them,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
+
 
 @dataclass
 class Comparison:

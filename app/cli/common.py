@@ -52,6 +52,8 @@ def say(message: str) -> None:
 
 def run_stage(name: str, config: Path | None, overrides: list[str] | None) -> dict[str, Any]:
     """Run the registered stage ``name`` with the loaded config, its progress on the console."""
-    from app.stages import REGISTRY  # every stage's modules: loaded only when a command runs one
+    from app.stages import (
+        REGISTRY,  # every stage's modules: loaded only when a command runs one
+    )
 
     return REGISTRY[name].run(load(config, overrides), config, progress=say)

@@ -27,8 +27,7 @@ def config_show(config: ConfigOpt = None, set_: SetOpt = None, as_json: bool = t
 @handled
 def config_validate(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Validate a config; also check LoRA target modules against the model if it is in the store."""
-    from app.model_store import ModelStoreError, check_target_modules
-    from app.model_store import model_store
+    from app.model_store import ModelStoreError, check_target_modules, model_store
 
     cfg = load(config, set_)
     store = model_store(cfg)

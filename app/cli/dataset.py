@@ -35,8 +35,7 @@ def dataset_build(config: ConfigOpt = None, set_: SetOpt = None,
 def dataset_show(config: ConfigOpt = None, set_: SetOpt = None,
                  version: Optional[str] = typer.Option(None, help="A version folder name; default: the latest build.")) -> None:
     """Counts, yield per generator and reject reasons of a build (its manifest)."""
-    from app.datasets import datasets_root, latest_dataset
-    from app.datasets import DatasetError
+    from app.datasets import DatasetError, datasets_root, latest_dataset
 
     cfg = load(config, set_)
     path = datasets_root(cfg) / version if version else latest_dataset(cfg)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import random
 import re
 import time
@@ -18,25 +19,41 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
+import httpx
 import numpy as np
 import pandas as pd
 
-from app.config import ExperimentConfig
-from app.datasets import PAIR_KEYS, DatasetError, datasets_root
-from app.data.splits import SPLITS, LeakageError, assign_splits, check_leakage, leakage_message, near_duplicate_links
 from app import cluster
+from app.config import ExperimentConfig
 from app.data.corpus import ensure_default_corpus
-from app.data.generate import pairs_from_output, plan_requests, question_rows, vllm_processor
+from app.data.generate import (
+    pairs_from_output,
+    plan_requests,
+    question_rows,
+    vllm_processor,
+)
 from app.data.ingest import list_documents, process_document
 from app.data.quality import QualityScorer, deduplicate, score_frame
 from app.data.review import ReviewStore
-from app.datasets import normalize_text
+from app.data.splits import (
+    SPLITS,
+    LeakageError,
+    assign_splits,
+    check_leakage,
+    leakage_message,
+    near_duplicate_links,
+)
+from app.datasets import PAIR_KEYS, DatasetError, datasets_root, normalize_text
 from app.embed import embed
 from app.endpoint import ChatRequester, base_url, bearer, external_endpoint
 from app.model_store import model_store
 from app.serving.builder import engine_args
 from app.serving.manager import ensure_served, remove_app
 from app.tracking import hash_path, log_step_metrics, start_run
+
+# Deferred imports: matplotlib, mlflow, ray, sklearn are imported inside the functions that use them,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 SCORES = ("score_lexical_grounding", "score_semantic_grounding", "score_question_grounding", "score_relevance",
           "score_answer_rank")
@@ -241,8 +258,6 @@ def generate_pairs(cfg: ExperimentConfig, chunks: pd.DataFrame, model_path: Path
     when even every remaining chunk could not reach ``target_pairs``, the build fails there with the
     estimate and what to change, not after hours of generation.
     """
-    import math
-
     d, g = cfg.data, cfg.data.generation
     order = sample_chunks(chunks, g.max_chunks, cfg.seed, d.min_chunk_tokens)
     info: dict[str, Any] = {"mode": g.mode, "guided": g.guided, "requests": 0, "request_errors": 0, "cached": 0,
@@ -340,8 +355,6 @@ def generate_pairs(cfg: ExperimentConfig, chunks: pd.DataFrame, model_path: Path
 
 def endpoint(cfg: ExperimentConfig) -> tuple[str, str | None]:
     """(base URL ending in /v1, API key) of the generation endpoint; the Serve app is deployed if down."""
-    import httpx
-
     g = cfg.data.generation
 
     if g.backend == "http":

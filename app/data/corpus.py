@@ -27,6 +27,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+# Deferred imports: pydoc_data is imported inside the functions that use it,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
+
 MANIFEST = "MANIFEST.json"
 LANGUAGE_TOPIC = "language-reference"
 

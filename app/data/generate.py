@@ -30,11 +30,14 @@ import json
 import re
 from typing import Any
 
-
 from app.data.config import GenerationConfig
 from app.data.extract import _NOT_VERBS, _base_verb, statement_question
-from app.datasets import normalize_text, pair_id
 from app.data.formats import fence_state
+from app.datasets import normalize_text, pair_id
+
+# Deferred imports: ray is imported inside the functions that use it,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 SYSTEM_PROMPT = "You write question-answer pairs for a study set about technical documentation."
 

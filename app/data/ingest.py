@@ -18,6 +18,10 @@ from app.data.extract import extract_pairs
 from app.data.formats import DocumentError, headings, parse_document, section_at
 from app.datasets import pair_id
 
+# Deferred imports: tokenizers is imported inside the functions that use it,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
+
 
 def list_documents(root: Path, extensions: list[str], max_docs: int | None,
                    exclude: tuple[str, ...] = ()) -> tuple[list[dict[str, str]], list[dict[str, str]]]:

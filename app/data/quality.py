@@ -25,10 +25,9 @@ import pandas as pd
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from app.data.config import QualityConfig
-from app.embed import embed, rowwise_cosine
-from app.datasets import normalize_text
 from app.data.generate import _sentences
-from app.embed import load_model
+from app.datasets import normalize_text
+from app.embed import embed, load_model, rowwise_cosine
 
 _TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+(?:\.\d+)?")
 _STOP = ENGLISH_STOP_WORDS | {"does", "use", "used", "using", "python", "return", "returns", "value", "function"}

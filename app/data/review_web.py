@@ -29,7 +29,6 @@ from pydantic import BaseModel
 from app.data.review import STATUSES, ReviewError, ReviewStore, UnknownPairError
 from app.web import answer_errors, h, html_document, json_error, new_app, serve_app
 
-
 TITLE = "QA pair review"
 
 

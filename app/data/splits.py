@@ -18,8 +18,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from app.errors import AppError
 from app.datasets import normalize_text
+from app.errors import AppError
 
 SPLITS = ("train", "validation", "test")
 

@@ -20,6 +20,10 @@ from app.eval.human import CRITERIA, PREFERENCES, SCALE
 from app.eval.report import col, table_metrics
 from app.eval.stats import bootstrap_ci
 
+# Deferred imports: krippendorff, scipy, statsmodels are imported inside the functions that use them,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
+
 
 def _codes(ratings: pd.DataFrame, criterion: str) -> tuple[pd.DataFrame, list[Any]]:
     """Annotator x item table of one criterion as category codes 0..k-1 (NaN where not rated), and the categories."""

@@ -13,13 +13,25 @@ import json
 import time
 from typing import Any, Callable
 
+import httpx
 import pandas as pd
 
-from app.errors import AppError
 from app.config import ExperimentConfig
+from app.endpoint import (
+    base_url,
+    bearer,
+    external_endpoint,
+    listed_models,
+    response_text,
+    session_factory,
+)
+from app.errors import AppError
 from app.eval.config import EvalModel
-from app.endpoint import base_url, bearer, external_endpoint, listed_models, response_text, session_factory
 from app.prompts import qa_messages, truncate_context
+
+# Deferred imports: ray is imported inside the functions that use it,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 
 class EvalError(AppError, RuntimeError):
@@ -41,8 +53,6 @@ def endpoint_of(m: EvalModel, cfg: ExperimentConfig) -> tuple[str, str | None]:
 
 
 def check_endpoint(m: EvalModel, base: str, key: str | None) -> None:
-    import httpx
-
     try:
         ids = listed_models(base, key, timeout=15)
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:

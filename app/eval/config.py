@@ -6,6 +6,7 @@ section base (app/sections.py).
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 from typing import Literal
 
@@ -57,8 +58,6 @@ class JudgeConfig(Section):
     @field_validator("prompt")
     @classmethod
     def _placeholders(cls, v: str) -> str:
-        import string
-
         try:
             fields = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
         except ValueError as exc:

@@ -24,7 +24,14 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from app.eval.human import CRITERIA, PREFERENCES, SCALE, SESSION_DAYS, HumanEvalError, HumanEvalStore
+from app.eval.human import (
+    CRITERIA,
+    PREFERENCES,
+    SCALE,
+    SESSION_DAYS,
+    HumanEvalError,
+    HumanEvalStore,
+)
 from app.web import answer_errors, h, html_document, json_error, new_app, serve_app
 
 COOKIE = "he_session"

@@ -16,8 +16,8 @@ from typing import Any, Callable
 import pandas as pd
 
 from app.config import ExperimentConfig
-from app.eval.config import JudgeConfig
 from app.eval.answer import answer_all
+from app.eval.config import JudgeConfig
 
 _VERDICT = re.compile(r"\b(incorrect|correct|yes|no)\b", re.IGNORECASE)
 SYSTEM = "You are a strict grader. Reply with a single word."

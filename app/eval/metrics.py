@@ -14,7 +14,12 @@ from functools import lru_cache
 from typing import Any, Iterable
 
 import numpy as np
+
 from app.embed import embed, rowwise_cosine
+
+# Deferred imports: nltk, rouge_score, sacrebleu, sklearn are imported inside the functions that use them,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = str.maketrans("", "", string.punctuation)

@@ -22,8 +22,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from app.eval.stats import bootstrap_ci, holm, paired_comparison
 from app.eval.human import CRITERIA
+from app.eval.stats import bootstrap_ci, holm, paired_comparison
+
+# Deferred imports: matplotlib is imported inside the functions that use it,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 METRICS = ["domain_correct", "exact_match", "token_f1", "semantic_similarity", "reference_coverage", "bleu", "rouge1",
            "rouge2", "rougeL"]

@@ -18,20 +18,37 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from app.config import ExperimentConfig
-from app.eval.config import EvalModel
-from app.eval.answer import EvalError, answer_all, prompts
-from app.eval.report import METRICS, col, metrics_of, relative_improvement, summarize, write_report
-from app.eval.testset import EvalDataError, dataset_split, fill_contexts, read_jsonl, sample
 from app import cluster
+from app.config import ExperimentConfig
 from app.datasets import latest_dataset
 from app.eval.agreement import agreement, metric_correlations, model_scores
+from app.eval.answer import EvalError, answer_all, prompts
+from app.eval.config import EvalModel
 from app.eval.human import CRITERIA, HumanEvalError, HumanEvalStore
 from app.eval.judge import judge_answers
 from app.eval.metrics import DomainRule, corpus_bleu, overlap_scores, score_answers
+from app.eval.report import (
+    METRICS,
+    col,
+    metrics_of,
+    relative_improvement,
+    summarize,
+    write_report,
+)
+from app.eval.testset import (
+    EvalDataError,
+    dataset_split,
+    fill_contexts,
+    read_jsonl,
+    sample,
+)
 from app.model_store import model_store
 from app.serving.manager import ensure_served, remove_app
 from app.tracking import connect, log_table, start_run
+
+# Deferred imports: mlflow, transformers are imported inside the functions that use them,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 
 def eval_root(cfg: ExperimentConfig) -> Path:

@@ -9,6 +9,7 @@ reproducible to the digit.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
@@ -119,8 +120,6 @@ def paired_comparison(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.n
 def detectable_difference(d: np.ndarray, alpha: float = 0.05, power: float = 0.8) -> float:
     """Minimum detectable mean difference of a paired test at this n: (z_{1-alpha/2} + z_power) x SD of
     the paired differences / sqrt(n) (normal approximation; the observed SD stands in for the true one)."""
-    from statistics import NormalDist
-
     if d.size < 2:
         return float("inf")
     z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)

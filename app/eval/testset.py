@@ -14,15 +14,18 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from app.errors import AppError
 from app.config import ExperimentConfig
-from app.eval.config import RetrievalConfig
-from app.datasets import pair_id
 from app.data.build import read_corpus
 from app.data.corpus import ensure_default_corpus
-from app.datasets import GENERATORS
+from app.datasets import GENERATORS, pair_id
 from app.embed import embed
+from app.errors import AppError
+from app.eval.config import RetrievalConfig
 from app.sampling import stratified_sample
+
+# Deferred imports: bm25s is imported inside the functions that use it,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 COLUMNS = ["example_id", "question", "reference", "context", "topic", "origin", "context_source"]
 

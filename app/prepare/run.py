@@ -17,7 +17,12 @@ import ray
 from app import cluster
 from app.config import ExperimentConfig
 from app.generate import answer_questions
-from app.model_store import ModelStoreError, check_target_modules, model_fingerprint, model_store
+from app.model_store import (
+    ModelStoreError,
+    check_target_modules,
+    model_fingerprint,
+    model_store,
+)
 from app.tracking import log_step_metrics, log_table, start_run
 
 # Greedy answers a working instruct checkpoint of any size gets right: a conversion that

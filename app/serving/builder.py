@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.model_store import ModelStore
 from app.serving.config import ServingConfig
 from app.serving.guard import Limits, RequestGuard
-from app.model_store import ModelStore
+
+# Deferred imports: ray is imported inside the functions that use it,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 
 class ServeAppArgs(BaseModel):
@@ -83,8 +88,6 @@ def engine_env(s: ServingConfig, threads_bind: str | None = None) -> dict[str, s
 
 def vllm_server_command(model_id: str, model_path: Path, s: ServingConfig, port: int) -> list[str]:
     """The plain ``vllm.entrypoints.openai.api_server`` command with the same engine arguments."""
-    import sys
-
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path),
            "--served-model-name", model_id, "--host", s.host, "--port", str(port)]
     for key, value in engine_args(s).items():

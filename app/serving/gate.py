@@ -25,7 +25,9 @@ import math
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,6 +35,10 @@ import httpx
 
 from app.errors import AppError
 from app.model_store import ModelStore, StoredModel, model_fingerprint
+
+# Deferred imports: torch, transformers are imported inside the functions that use them,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 REFERENCE_FILE = "gate_reference.json"
 REFERENCE_VERSION = 2
@@ -238,7 +244,6 @@ def load_reference(store: ModelStore, stored: StoredModel, max_new_tokens: int,
              f"({len(GATE_PROMPTS)} prompts; once per model version)")
     started = time.time()
     rows = compute_reference(stored.path, GATE_PROMPTS, max_new_tokens)
-    from importlib.metadata import version
 
     ref = want | {"answers": [r["answer"] for r in rows], "trusted": [r["trusted"] for r in rows],
                   "trusted_tokens": [r["trusted_tokens"] for r in rows],
@@ -261,8 +266,6 @@ def served_answers(base_url: str, model_id: str, prompts: Sequence[str], max_tok
     """Greedy chat answers of ``model_id`` at an OpenAI-compatible endpoint (``base_url`` without /v1),
     one request at a time or all at once (the engine then batches them: some kernel bugs show only in
     one of the two shapes)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     def ask(client: httpx.Client, prompt: str) -> str:
         r = client.post(f"{base_url}/v1/chat/completions", headers=headers or {}, json={
             "model": model_id, "messages": [{"role": "user", "content": prompt}],

@@ -18,6 +18,10 @@ from typing import Any, Sequence
 
 import httpx
 
+# Deferred imports: pydoc_data is imported inside the functions that use it,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
+
 
 @dataclass
 class RequestResult:

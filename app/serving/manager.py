@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,16 +12,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
+import psutil
 
 from app import cluster
-from app.errors import AppError
 from app.config import ExperimentConfig
-from app.serving.config import ServingConfig
 from app.endpoint import base_url, headers, listed_models
+from app.errors import AppError
 from app.model_store import ModelStore
 from app.serving import gate
-from app.serving.builder import engine_args
-from app.serving.builder import ServeAppArgs, build_app
+from app.serving.builder import ServeAppArgs, build_app, engine_args
+from app.serving.config import ServingConfig
+
+# Deferred imports: ray is imported inside the functions that use it,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 # httpx logs every request at INFO; once Ray has set up structured logging in the driver, the
 # readiness polls of a deployment would fill a job's output with them.
@@ -35,8 +40,6 @@ class ServeError(AppError, RuntimeError):
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now."""
-    import socket
-
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
@@ -219,8 +222,6 @@ def remove_app() -> None:
 
 def local_engine_pids() -> list[int]:
     """vLLM engine processes on this machine (their titles start with ``VLLM::``)."""
-    import psutil
-
     pids = []
     for p in psutil.process_iter(["cmdline"]):
         try:

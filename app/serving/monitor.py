@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from rich.table import Table
 
 ENGINE_PREFIX = re.compile(r"^(ray_)?vllm[:_]")
 
@@ -85,8 +86,6 @@ def sample(url: str, interval: float = 2.0) -> dict[str, Any]:
 
 
 def render(stats: dict[str, Any]):
-    from rich.table import Table
-
     table = Table(title=f"serving (Serve queue: {stats['serve_queued']:.0f})")
     cols = ["running", "waiting", "kv_cache_usage", "requests_per_s", "output_tokens_per_s",
             "mean_ttft_ms", "mean_tpot_ms", "mean_e2e_ms", "requests_total"]

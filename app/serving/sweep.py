@@ -24,12 +24,22 @@ from pydantic import ValidationError
 
 from app import cluster, endpoint
 from app.config import ExperimentConfig
-from app.serving.config import VLLM_DEFAULTS, ServeSweepConfig, ServingConfig
-from app.serving.loadgen import benchmark_prompts, run_load, summarize
 from app.model_store import model_fingerprint, model_store
 from app.serving.builder import serve_config_dict
-from app.serving.manager import APP_NAME, ServeError, cluster_address, deploy, wait_engines_gone
+from app.serving.config import VLLM_DEFAULTS, ServeSweepConfig, ServingConfig
+from app.serving.loadgen import benchmark_prompts, run_load, summarize
+from app.serving.manager import (
+    APP_NAME,
+    ServeError,
+    cluster_address,
+    deploy,
+    wait_engines_gone,
+)
 from app.tracking import log_step_metrics, log_table, start_run
+
+# Deferred imports: matplotlib, mlflow, ray are imported inside the functions that use them,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 POINT_KEYS = ("output_throughput", "request_throughput", "p50_ttft_ms", "p95_ttft_ms", "p95_tpot_ms",
               "p95_itl_ms", "p50_e2e_ms", "p95_e2e_ms", "completed", "failed")

@@ -11,6 +11,10 @@ from typing import Any
 
 import numpy as np
 
+# Deferred imports: torch is imported inside the functions that use it,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
+
 IGNORE_INDEX = -100
 
 

@@ -23,6 +23,10 @@ from typing import Any
 
 from app.errors import AppError
 
+# Deferred imports: safetensors is imported inside the functions that use it,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
+
 STATE_FILE = "trainer_state.json"
 ADAPTER_DIR = "adapter"
 DS_DIR = "ds"

@@ -18,7 +18,6 @@ from pydantic import (
 
 from app.sections import Section, duplicates
 
-
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

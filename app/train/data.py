@@ -17,12 +17,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from app.errors import AppError
 from app.config import PromptConfig
-from app.prompts import qa_messages, truncate_context
-from app.train.batching import IGNORE_INDEX
+from app.errors import AppError
 from app.eval.config import RetrievalConfig
 from app.eval.testset import Retriever
+from app.prompts import qa_messages, truncate_context
+from app.train.batching import IGNORE_INDEX
+
+# Deferred imports: transformers is imported inside the functions that use it,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 
 class TemplateError(AppError, ValueError):

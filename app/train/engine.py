@@ -7,6 +7,10 @@ from typing import Any, Callable
 
 from app.train.config import TrainingConfig
 
+# Deferred imports: torch is imported inside the functions that use it,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
+
 
 def warmup_steps(t: TrainingConfig, max_steps: int | None = None) -> int:
     return math.ceil(t.warmup_ratio * (max_steps or t.max_steps))

@@ -11,10 +11,14 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
-from app.train import checkpoint as ck
 from app.config import PromptConfig
 from app.generate import generate_batch
 from app.prompts import qa_messages, truncate_context
+from app.train import checkpoint as ck
+
+# Deferred imports: mlflow, peft, torch, transformers are imported inside the functions that use them,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 
 def merge_adapter(ckpt: str, base_path: str, out_dir: str, dtype: str) -> dict[str, Any]:

@@ -20,12 +20,16 @@ from typing import Any, Iterable, Iterator
 from pydantic import BaseModel, ConfigDict
 
 from app.config import ExperimentConfig
-from app.train import checkpoint as ck
-from app.train.batching import causal_lm_loss, pack_examples, pad_batch, pad_packed
-from app.train.engine import deepspeed_config, lr_lambda, resolve_precision
 from app.eval.metrics import DomainRule, mean_scores, score_answers
 from app.generate import generate_batch
 from app.prompts import qa_messages, truncate_context
+from app.train import checkpoint as ck
+from app.train.batching import causal_lm_loss, pack_examples, pad_batch, pad_packed
+from app.train.engine import deepspeed_config, lr_lambda, resolve_precision
+
+# Deferred imports: deepspeed, mlflow, peft, ray, safetensors, torch, transformers
+# are imported inside the functions that use them, for start-up time: the modules that import
+# this one (other stages, the tests, Ray workers) must not pay for them until a function needs them.
 
 SHUFFLE_BUFFER = 1024
 

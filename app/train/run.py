@@ -12,20 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 
-from app.errors import AppError
-from app.config import ExperimentConfig
-from app.train.config import CHECKPOINT_METRICS, RESUMABLE_CHANGES
-from app.datasets import DatasetError
-from app.train import checkpoint as ck
 from app import cluster
-from app.config import PromptConfig
-from app.datasets import latest_dataset
+from app.config import ExperimentConfig, PromptConfig
+from app.datasets import DatasetError, latest_dataset
+from app.errors import AppError
 from app.eval.metrics import DomainRule, mean_scores, score_answers
 from app.eval.testset import origin_of
 from app.generate import generate_batch
@@ -33,9 +30,15 @@ from app.model_store import check_target_modules, model_fingerprint, model_store
 from app.prompts import qa_messages, truncate_context
 from app.sampling import stratified_sample
 from app.tracking import connect, log_step_metrics, log_table, start_run
+from app.train import checkpoint as ck
+from app.train.config import CHECKPOINT_METRICS, RESUMABLE_CHANGES
 from app.train.data import add_distractors, tokenize_batch
 from app.train.export import merge_adapter, register_in_mlflow
 from app.train.loop import train_loop_per_worker
+
+# Deferred imports: mlflow, ray, torch, transformers are imported inside the functions that use them,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 
 class TrainingError(AppError, RuntimeError):
@@ -182,7 +185,13 @@ def generation_sample(path: Path, n: int, seed: int) -> list[dict[str, Any]]:
 def build_trainer(cfg: ExperimentConfig, datasets: dict[str, Any], loop_args: dict[str, Any], run_name: str,
                   callbacks: list[Any] | None = None):
     """The TorchTrainer of a training section (shared by `train run` and every `train tune` trial)."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        DataConfig,
+        FailureConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t = cfg.training
@@ -368,8 +377,6 @@ def finetune(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
                 "metrics": best_state["metrics"], "lora": cfg.lora.model_dump(mode="json"),
                 "prompt": cfg.prompt.model_dump(mode="json"), "parameters": info["parameters"]})
         finally:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
         summary: dict[str, Any] = {
             "run_id": run.info.run_id, "train_run": run_name, "checkpoints": str(run_dir), "best_checkpoint": str(best),

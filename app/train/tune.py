@@ -14,12 +14,24 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from app.config import ExperimentConfig
-from app.train.config import CHECKPOINT_METRICS
 from app import cluster
+from app.config import ExperimentConfig
 from app.model_store import check_target_modules, model_fingerprint, model_store
 from app.tracking import STAGE_TAG, connect, log_table, start_run
-from app.train.run import TrainingError, build_trainer, dataset_dir, fingerprint, generation_sample, tokenized_datasets, train_root
+from app.train.config import CHECKPOINT_METRICS
+from app.train.run import (
+    TrainingError,
+    build_trainer,
+    dataset_dir,
+    fingerprint,
+    generation_sample,
+    tokenized_datasets,
+    train_root,
+)
+
+# Deferred imports: mlflow, ray are imported inside the functions that use them,
+# for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
+# not pay for them until a function needs them.
 
 TRIAL_TAG = "app.tune_trial"
 
