@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from app.data.config import EXTRACT_KINDS
 from app.errors import AppError
 
 if TYPE_CHECKING:  # annotations only: the config composes the stages' sections, this module sits under them
@@ -33,7 +34,8 @@ class DatasetError(AppError, RuntimeError):
     """The dataset cannot be built as configured; the message says what to change."""
 
 
-GENERATORS = ("llm", "llm_question", "faq", "heading_question", "definition", "section", "signature", "term", "example", "statement")
+# Every generator: the model's two, and the kinds of pairs taken from the documents by rule.
+GENERATORS = ("llm", "llm_question", *EXTRACT_KINDS)
 PAIR_KEYS = ("pair_id", "question", "answer", "evidence", "generator", "origin", "doc_id", "doc_path", "doc_title",
              "section", "chunk_id", "context", "topic")
 

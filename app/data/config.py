@@ -20,6 +20,9 @@ from pydantic import (
 
 from app.sections import Section
 
+# The kinds of QA pairs taken directly from the documents by rule (app.data.extract).
+EXTRACT_KINDS = ("faq", "heading_question", "definition", "section", "signature", "term", "example", "statement")
+
 
 class SplitFractions(Section):
     train: float = Field(0.8, gt=0, lt=1)
@@ -149,10 +152,8 @@ class DataConfig(Section):
     topic_vectors: Literal["tfidf", "minilm"] = Field(
         "tfidf", description="What chunks are clustered on: tfidf (TF-IDF reduced by LSA, seconds) or minilm "
         "(all-MiniLM-L6-v2 embeddings, about 30 chunks/s on 2 cores).")
-    extract: list[Literal["faq", "heading_question", "definition", "section", "signature", "term", "example",
-                          "statement"]] = Field(
-        default_factory=lambda: ["faq", "heading_question", "definition", "section", "signature", "term", "example",
-                                 "statement"],
+    extract: list[Literal[EXTRACT_KINDS]] = Field(  # type: ignore[valid-type] (a tuple of literals)
+        default_factory=lambda: list(EXTRACT_KINDS),
         description="Kinds of QA pairs taken directly from the documents.",
     )
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

@@ -15,10 +15,11 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
+from app.data.config import EXTRACT_KINDS
 from app.data.formats import ATX_HEADING, fence_state, headings
 from app.datasets import normalize_text
 
-KINDS = ("faq", "heading_question", "definition", "section", "signature", "term", "example", "statement")
+KINDS = EXTRACT_KINDS
 MAX_ANSWER_CHARS = 500
 MIN_ANSWER_WORDS = 3
 
@@ -348,13 +349,13 @@ _VERB_STATEMENT = re.compile(r"^((?:The |A |An )?`[^`\n]{1,40}`(?: (?:[a-z]+ )?"
                              r"([a-z]{3,}(?:s|es))\b(?! (?:is|are|of|to)\b)")
 _CONDITION_STATEMENT = re.compile(r"^(If|When|Unless) ([^,;:]{8,120}), [a-z`]")
 _SPECIFIC = re.compile(r"`[^`]+`|--?[a-z][\w-]+|\b[a-z]+\.[a-zA-Z]\w*|\b[A-Z][a-z]*[A-Z]\w*|\$\w+|\b[A-Z]{2,}\b")
-_NOT_VERBS = {"this", "its", "has", "was", "does", "is", "as", "us", "ours", "yes", "less", "unless", "across", "always",
+NOT_VERBS = {"this", "its", "has", "was", "does", "is", "as", "us", "ours", "yes", "less", "unless", "across", "always",
               "sometimes", "perhaps", "its", "status", "process", "access", "address", "class", "alias", "bias", "series",
               "behaves", "appears", "exists", "works", "happens", "matters", "fails", "succeeds", "seems", "stays",
               "remains", "lives", "belongs", "refers", "thus", "also", "comes", "goes", "occurs", "starts", "ends"}
 
 
-def _base_verb(verb: str) -> str:
+def base_verb(verb: str) -> str:
     """specifies -> specify, matches -> match, uses -> use, passes -> pass (third person to base form)."""
     if verb.endswith("ies") and len(verb) > 4:
         return verb[:-3] + "y"
@@ -386,8 +387,8 @@ def statement_question(sentence: str) -> str | None:
             return None
         return f"What {m.group(2)} {_lower_first(subject)}?"
     m = _VERB_STATEMENT.match(sentence)
-    if m and m.group(2) not in _NOT_VERBS:
-        return f"What does {_lower_first(m.group(1))} {_base_verb(m.group(2))}?"
+    if m and m.group(2) not in NOT_VERBS:
+        return f"What does {_lower_first(m.group(1))} {base_verb(m.group(2))}?"
     return None
 
 

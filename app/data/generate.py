@@ -31,7 +31,7 @@ import re
 from typing import Any
 
 from app.data.config import GenerationConfig
-from app.data.extract import _NOT_VERBS, _base_verb, statement_question
+from app.data.extract import NOT_VERBS, base_verb, statement_question
 from app.data.formats import fence_state
 from app.datasets import normalize_text, pair_id
 
@@ -163,7 +163,7 @@ def parse_pairs(text: str) -> list[dict[str, str]]:
     return unique
 
 
-def _sentences(text: str) -> list[tuple[int, int]]:
+def sentence_spans(text: str) -> list[tuple[int, int]]:
     spans, start = [], 0
     for m in re.finditer(r"(?<=[.!?:])\s+(?=[A-Z\"'`(])|\n\s*\n", text):
         spans.append((start, m.start()))
@@ -189,7 +189,7 @@ def locate_evidence(chunk: str, answer: str, claimed: str = "") -> tuple[str, st
     target = set(_WORD.findall((answer + " " + claimed).lower()))
     if not target:
         return "", "none"
-    spans = _sentences(chunk)
+    spans = sentence_spans(chunk)
     candidates = spans + [(a[0], b[1]) for a, b in zip(spans, spans[1:])]
     best, best_score = None, 0.0
     for s, e in candidates:
@@ -268,7 +268,7 @@ def answer_passages(text: str, limit: int, min_words: int = 8, max_words: int = 
                 or re.match(r"\d+[.)] ", first):
             offset += len(block)
             continue
-        for s_start, s_end in _sentences(block):
+        for s_start, s_end in sentence_spans(block):
             sent = " ".join(block[s_start:s_end].split())
             words = sent.split()
             if not (min_words <= len(words) <= max_words) or not sent[0].isupper() or _CONNECTIVE.match(sent) \
@@ -309,7 +309,7 @@ def _vocabulary(answer: str, limit: int = 48) -> str:
     for w in re.findall(r"`[^`\n]{1,40}`|[A-Za-z][\w.<>/-]*[\w>]|[A-Za-z]", answer):
         w = w.rstrip(".")
         if re.fullmatch(r"[A-Za-z][a-z]{3,}s", w) and not w.endswith("ss"):  # "replaces": the question says "replace"
-            words.append(_base_verb(w.lower()))
+            words.append(base_verb(w.lower()))
         if w and w.lower() not in (x.lower() for x in words):
             words.append(w if w.startswith("`") or not w[0].isupper() or w.isupper() or re.search(r"[A-Z]", w[1:])
                          else w.lower())
@@ -331,7 +331,7 @@ def question_guide(answer: str) -> str:
     if _CONDITION.match(answer):
         return rf"What happens (if|when|unless|without|with){words(2, 14)}\?"
     m = _SUBJECT.match(answer)
-    if m and not _CONNECTIVE.match(answer) and not _PRONOUN_START.match(answer) and (m.group(3) in _MODALS or m.group(3) not in _NOT_VERBS):
+    if m and not _CONNECTIVE.match(answer) and not _PRONOUN_START.match(answer) and (m.group(3) in _MODALS or m.group(3) not in NOT_VERBS):
         subject, verb = m.group(1) or m.group(2), m.group(3)
         if not m.group(1) and verb not in _MODALS and not (subject.startswith("`") or re.search(r"[A-Z]", subject[1:])):
             return ""  # "Print all commits ..." or "Callers provide ...": no article, code or name to anchor on

@@ -25,7 +25,7 @@ import pandas as pd
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from app.data.config import QualityConfig
-from app.data.generate import _sentences
+from app.data.generate import sentence_spans
 from app.datasets import normalize_text
 from app.embed import embed, load_model, rowwise_cosine
 
@@ -121,7 +121,7 @@ def answer_ranks(questions: list[str], passages: list[str], contexts: list[str],
     items = []
     for i in np.flatnonzero(which):
         passage = " ".join(passages[i].split())
-        others = [" ".join(contexts[i][a:b].split()) for a, b in _sentences(contexts[i])]
+        others = [" ".join(contexts[i][a:b].split()) for a, b in sentence_spans(contexts[i])]
         others = [x for x in others if len(x.split()) >= 3 and x not in passage and passage not in x]
         items.append((i, others))
     flat = [x for _, others in items for x in others]
