@@ -32,7 +32,12 @@ from app.data.config import DataConfig
 from app.errors import ConfigError
 from app.eval.config import EvaluationConfig
 from app.sections import Section
-from app.serving.config import ServeSweepConfig, ServingConfig
+from app.serving.config import (
+    ServeSweepConfig,
+    ServingConfig,
+    trial_name,
+    trial_serving,
+)
 from app.train.config import LoraConfig, TrainingConfig, TuneConfig
 
 __all__ = ["ConfigError", "ExperimentConfig", "load_config", "validate_config"]
@@ -161,14 +166,10 @@ class ExperimentConfig(Section):
         """Each value a sweep trial or grid sets must be valid in the serving section (the trials
         themselves are expanded by the sweep, app.serving.sweep.sweep_trials)."""
         base = self.serving.model_dump() | {"models": [self.serve_sweep.model or self.serving.models[0]]}
-        changes = [(",".join(f"{k}={v}" for k, v in t.items()), t) for t in self.serve_sweep.trials]
-        changes += [(f"{k}={v}", {k: v}) for k, values in self.serve_sweep.grid.items() for v in values]
+        changes = [(trial_name(t), t) for t in self.serve_sweep.trials]
+        changes += [(trial_name({k: v}), {k: v}) for k, values in self.serve_sweep.grid.items() for v in values]
         for name, overrides in changes:
-            try:
-                serving = ServingConfig.model_validate(base | overrides)
-            except ValidationError as err:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-                raise ValueError(f"serve_sweep trial {name!r}: {problems}") from None
+            serving = trial_serving(base, name, overrides)
             if serving.max_model_len > self.model.max_seq_len:
                 raise ValueError(f"serve_sweep trial {name!r}: max_model_len ({serving.max_model_len}) exceeds "
                                  f"model.max_seq_len ({self.model.max_seq_len})")

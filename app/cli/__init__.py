@@ -1,5 +1,10 @@
 """The ``app`` command line: one module per command group, each command validates the config
-first, then calls one function. Errors are handled once (``app.cli.common.handled``)."""
+first, then calls one function. Errors are handled once (``app.cli.common.handled``).
+
+Deferred imports: the command modules import the stage modules (and with them Ray, pandas, torch,
+SQLAlchemy, FastAPI) inside the commands, for start-up time: `app --help` must stay under 2 s
+(tests/unit/test_layers.py checks that it loads none of them).
+"""
 
 from __future__ import annotations
 

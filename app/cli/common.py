@@ -21,6 +21,8 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Experiment YAML (default: built-in defaults).")]
+HostOpt = Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: all).")]
+PortOpt = Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override, e.g. --set training.lr=1e-4 (repeatable).")]
 
 

@@ -11,9 +11,6 @@ from rich.table import Table
 
 from app.cli.common import ConfigOpt, SetOpt, console, handled, load
 
-# Stage modules (Ray, pandas, torch behind them) are imported inside the commands: `app --help`
-# must stay under 2 s (tests/unit/test_layers.py checks that it loads none of them).
-
 dataset_app = typer.Typer(help="The domain QA dataset: build, inspect, review.", no_args_is_help=True)
 
 

@@ -7,10 +7,17 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from app.cli.common import ConfigOpt, SetOpt, console, handled, load, run_stage, say
-
-# Stage modules (Ray, pandas, torch behind them) are imported inside the commands: `app --help`
-# must stay under 2 s (tests/unit/test_layers.py checks that it loads none of them).
+from app.cli.common import (
+    ConfigOpt,
+    HostOpt,
+    PortOpt,
+    SetOpt,
+    console,
+    handled,
+    load,
+    run_stage,
+    say,
+)
 
 eval_app = typer.Typer(help="Evaluation: many models on one test set, intervals, paired tests, reports.", no_args_is_help=True)
 
@@ -62,8 +69,7 @@ def human_create(study: str, annotators: Annotated[str, typer.Option(help="Comma
 @human_app.command("serve")
 @handled
 def human_serve(config: ConfigOpt = None, set_: SetOpt = None,
-                host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: all)."),
-                port: int = typer.Option(8766, min=1, max=65535, help="TCP port.")) -> None:
+                host: HostOpt = "127.0.0.1", port: PortOpt = 8766) -> None:
     """Serve the rating page until Ctrl-C."""
     from app.eval.human_web import serve
     from app.eval.run import human_store

@@ -6,9 +6,6 @@ import typer
 
 from app.cli.common import ConfigOpt, SetOpt, console, err_console, fail, handled, load
 
-# Stage modules (Ray, pandas, torch behind them) are imported inside the commands: `app --help`
-# must stay under 2 s (tests/unit/test_layers.py checks that it loads none of them).
-
 pipeline_app = typer.Typer()  # its commands are mounted at the top level: `app run`, `app rerun`
 
 

@@ -9,10 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from app.cli.common import ConfigOpt, SetOpt, console, handled, load
-
-# The review modules (SQLAlchemy, FastAPI) are imported inside the commands: `app --help` must
-# stay under 2 s (tests/unit/test_layers.py checks that it loads none of them).
+from app.cli.common import ConfigOpt, HostOpt, PortOpt, SetOpt, console, handled, load
 
 review_app = typer.Typer(help="Human review and correction of the dataset's QA pairs.", no_args_is_help=True)
 
@@ -27,8 +24,7 @@ def _store(config: Path | None, set_: list[str] | None):
 @review_app.command("serve")
 @handled
 def review_serve(config: ConfigOpt = None, set_: SetOpt = None,
-                 host: str = typer.Option("127.0.0.1", help="Interface to listen on (0.0.0.0: all)."),
-                 port: int = typer.Option(8765, min=1, max=65535, help="TCP port.")) -> None:
+                 host: HostOpt = "127.0.0.1", port: PortOpt = 8765) -> None:
     """Serve the review page and its JSON API until Ctrl-C."""
     from app.data.review_web import serve
 

@@ -9,9 +9,6 @@ import typer
 
 from app.cli.common import ConfigOpt, SetOpt, console, fail, handled, load, say
 
-# Stage modules (Ray, pandas, torch behind them) are imported inside the commands: `app --help`
-# must stay under 2 s (tests/unit/test_layers.py checks that it loads none of them).
-
 serve_app = typer.Typer(help="Serve store models with vLLM on Ray Serve (OpenAI-compatible).", no_args_is_help=True)
 
 

@@ -6,9 +6,6 @@ import typer
 
 from app.cli.common import ConfigOpt, SetOpt, console, handled, load
 
-# Stage modules (Ray, pandas, torch behind them) are imported inside the commands: `app --help`
-# must stay under 2 s (tests/unit/test_layers.py checks that it loads none of them).
-
 tracking_app = typer.Typer(help="The MLflow tracking server.", no_args_is_help=True)
 
 

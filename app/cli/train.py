@@ -7,9 +7,6 @@ from rich.table import Table
 
 from app.cli.common import ConfigOpt, SetOpt, console, handled, load, run_stage
 
-# Stage modules (Ray, pandas, torch behind them) are imported inside the commands: `app --help`
-# must stay under 2 s (tests/unit/test_layers.py checks that it loads none of them).
-
 train_app = typer.Typer(help="LoRA fine-tuning on Ray Train + DeepSpeed: run, tune, inspect runs.", no_args_is_help=True)
 
 

@@ -1,8 +1,4 @@
-"""The dataset stage's config: documents, chunking, LLM generation, quality checks, splits, review.
-
-Part of the experiment tree that app/config.py composes; imports nothing from the app but the
-section base (app/sections.py).
-"""
+"""The dataset stage's config: documents, chunking, LLM generation, quality checks, splits, review."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""The evaluation stage's config: models, metrics and rule, retrieval, the judge, human evaluation.
-
-Part of the experiment tree that app/config.py composes; imports nothing from the app but the
-section base (app/sections.py).
-"""
+"""The evaluation stage's config: models, metrics and rule, retrieval, the judge, human evaluation."""
 
 from __future__ import annotations
 
@@ -10,12 +6,7 @@ import string
 from pathlib import Path
 from typing import Literal
 
-from pydantic import (
-    Field,
-    PositiveFloat,
-    PositiveInt,
-    field_validator,
-)
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
 from app.sections import Section
 

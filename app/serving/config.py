@@ -1,8 +1,4 @@
-"""The serving stage's config: vLLM on Ray Serve, the correctness gate, the serving-parameter sweep.
-
-Part of the experiment tree that app/config.py composes; imports nothing from the app but the
-section base (app/sections.py).
-"""
+"""The serving stage's config: vLLM on Ray Serve, the correctness gate, the serving-parameter sweep."""
 
 from __future__ import annotations
 
@@ -13,6 +9,7 @@ from pydantic import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -175,3 +172,17 @@ class ServeSweepConfig(Section):
         if self.slo_p95_ttft_ms is None and self.slo_p95_tpot_ms is None and self.slo_p95_e2e_ms is None:
             raise ValueError("give at least one latency SLO (slo_p95_ttft_ms, slo_p95_tpot_ms or slo_p95_e2e_ms)")
         return self
+
+
+def trial_name(overrides: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in overrides.items())
+
+
+def trial_serving(base: dict[str, Any], name: str, overrides: dict[str, Any]) -> ServingConfig:
+    """The serving section of sweep trial ``name``: ``base`` with ``overrides``, validated like the
+    section; a ValueError names the trial and each field it breaks."""
+    try:
+        return ServingConfig.model_validate(base | overrides)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ValueError(f"serve_sweep trial {name!r}: {problems}") from None

@@ -20,13 +20,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-from pydantic import ValidationError
 
 from app import cluster, endpoint
 from app.config import ExperimentConfig
 from app.model_store import model_fingerprint, model_store
 from app.serving.builder import serve_config_dict
-from app.serving.config import VLLM_DEFAULTS, ServeSweepConfig, ServingConfig
+from app.serving.config import (
+    VLLM_DEFAULTS,
+    ServeSweepConfig,
+    ServingConfig,
+    trial_name,
+    trial_serving,
+)
 from app.serving.loadgen import benchmark_prompts, run_load, summarize
 from app.serving.manager import (
     APP_NAME,
@@ -122,19 +127,18 @@ def sweep_trials(cfg: ExperimentConfig) -> list[tuple[str, ServingConfig]]:
     if sw.include_current:
         wanted.append(("current", {}))
     for t in sw.trials:
-        wanted.append((",".join(f"{k}={v}" for k, v in t.items()) or "current", t))
+        wanted.append((trial_name(t) or "current", t))
     keys = list(sw.grid)
     for combo in itertools.product(*(sw.grid[k] for k in keys)) if keys else []:
         t = dict(zip(keys, combo))
-        wanted.append((",".join(f"{k}={v}" for k, v in t.items()), t))
+        wanted.append((trial_name(t), t))
     out: list[tuple[str, ServingConfig]] = []
     seen: dict[str, str] = {}
     for name, overrides in wanted:
         try:
-            serving = ServingConfig.model_validate(base | overrides)
-        except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-            raise ServeError(f"serve_sweep trial {name!r}: {problems}") from None
+            serving = trial_serving(base, name, overrides)
+        except ValueError as exc:  # the config checked each value alone; a combination broke a rule
+            raise ServeError(str(exc)) from None
         key = serving.model_dump_json()
         if key in seen:  # the same setting twice (e.g. a trial equal to the current section)
             continue

@@ -1,20 +1,10 @@
-"""The fine-tuning stage's config: LoRA, training, and the Ray Tune search.
-
-Part of the experiment tree that app/config.py composes; imports nothing from the app but the
-section base (app/sections.py).
-"""
+"""The fine-tuning stage's config: LoRA, training, and the Ray Tune search."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import (
-    Field,
-    PositiveFloat,
-    PositiveInt,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from app.sections import Section, duplicates
 
