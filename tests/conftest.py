@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,105 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
     cmd = [str(BIN / args[0]), *args[1:]]
     return subprocess.run(cmd, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
                           timeout=timeout)
+
+
+# -- processes a test started, and only those --------------------------------------------------------
+# Fixtures stop what they started by process id, never by name (`pkill -f VLLM::`, `ray stop`): those
+# also kill the engines and clusters of anyone else on the machine (another test run, a developer).
+
+OWNER_VAR = "DOMAIN_LLM_TEST_OWNER"
+
+
+def owner_token() -> str:
+    """A value of OWNER_VAR unique to one fixture of this test run: put it in the environment of the
+    commands the fixture starts, then find and stop their processes with it."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+def owned_processes(token: str) -> list:
+    """Live processes started with OWNER_VAR=token in their environment, and all their descendants.
+
+    A command started with the variable passes it to everything it starts: the daemons of a cluster
+    its `ray start` launched (which outlive the command), Ray workers and Serve replicas (started by
+    that raylet), and the vLLM engine processes of a replica, also once a hard stop orphaned them.
+    Descendants add the few that overwrite their environment with a long process title (Ray's
+    dashboard modules and agents)."""
+    import psutil
+
+    found: dict[int, psutil.Process] = {}
+    for p in psutil.process_iter():
+        if p.pid == os.getpid():
+            continue
+        try:
+            if p.environ().get(OWNER_VAR) == token:
+                found[p.pid] = p
+        except psutil.Error:  # exited meanwhile, or another user's process
+            continue
+    for p in list(found.values()):
+        try:
+            for child in p.children(recursive=True):
+                found.setdefault(child.pid, child)
+        except psutil.Error:
+            continue
+
+    def running(p) -> bool:  # not exited (a zombie has: nothing left to stop)
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    return sorted(filter(running, found.values()), key=lambda p: p.pid)
+
+
+def stop_owned(token: str, grace_s: float = 10) -> list[int]:
+    """Stop the processes of :func:`owned_processes` as `ray stop` stops a cluster, but only these:
+    SIGTERM to raylets, then to everything else, then to GCS servers, each group SIGKILLed after
+    ``grace_s``. Forgets the cluster address `ray start` recorded, when it is one of these clusters'.
+    Returns the pids it found."""
+    import psutil
+
+    def name(p):
+        try:
+            return p.name()
+        except psutil.Error:
+            return ""
+
+    procs = owned_processes(token)
+    addresses = [a for a in map(_gcs_address, procs) if a]
+    groups = [[p for p in procs if name(p) == "raylet"],
+              [p for p in procs if name(p) not in ("raylet", "gcs_server")],
+              [p for p in procs if name(p) == "gcs_server"]]
+    for group in [*groups, owned_processes(token)]:  # last: anything started meanwhile
+        for p in group:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+        _, alive = psutil.wait_procs(group, timeout=grace_s)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=5)
+    for address_file, address in addresses:
+        # What `ray stop` does: a later `ray status` or `ray.init()` would try the dead address.
+        with contextlib.suppress(OSError):
+            if address_file.read_text().strip() == address:
+                address_file.unlink()
+    return [p.pid for p in procs]
+
+
+def _gcs_address(proc) -> tuple[Path, str] | None:
+    """(ray_current_cluster file, GCS address) of a gcs_server process; None for other processes."""
+    import psutil
+
+    try:
+        if proc.name() != "gcs_server":
+            return None
+        args = dict(a[2:].split("=", 1) for a in proc.cmdline() if a.startswith("--") and "=" in a)
+    except psutil.Error:
+        return None
+    if not {"session-dir", "node-ip-address", "gcs_server_port"} <= args.keys():
+        return None
+    return (Path(args["session-dir"]).parent / "ray_current_cluster",
+            f"{args['node-ip-address']}:{args['gcs_server_port']}")
 
 
 @contextlib.contextmanager

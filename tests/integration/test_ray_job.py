@@ -10,7 +10,7 @@ import time
 import mlflow
 import pytest
 
-from tests.conftest import BIN, ROOT, free_port
+from tests.conftest import BIN, OWNER_VAR, ROOT, free_port, owner_token, stop_owned
 
 pytestmark = pytest.mark.integration
 
@@ -21,25 +21,30 @@ def ray_head():
     tmp_path = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     port, dash = free_port(), free_port()
     # As a user with the venv activated: the job's `python` must be the project's interpreter.
-    env = {**os.environ, "RAY_TMPDIR": str(tmp_path), "PATH": f"{BIN}:{os.environ['PATH']}"}
-    subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
-                    "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
-                   check=True, env=env, capture_output=True, text=True, timeout=180)
-    address = f"http://127.0.0.1:{dash}"
-    # `ray start` returns before the dashboard agent takes jobs ("No available agent to submit
-    # job"): wait until a trivial job is accepted.
-    deadline = time.time() + 180
-    while True:
-        probe = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait", "--",
-                                "python", "-c", "pass"], env={**env, "RAY_AUTH_MODE": "token"},
-                               capture_output=True, text=True, timeout=120)
-        if probe.returncode == 0:
-            break
-        assert time.time() < deadline, f"cluster never accepted a job: {probe.stderr[-1500:]}"
-        time.sleep(3)
-    yield address
-    subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
-    shutil.rmtree(tmp_path, ignore_errors=True)
+    # OWNER_VAR marks the cluster's processes (and the job's) for the teardown.
+    owner = owner_token()
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path), "PATH": f"{BIN}:{os.environ['PATH']}", OWNER_VAR: owner}
+    try:
+        subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
+                        "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"],
+                       check=True, env=env, capture_output=True, text=True, timeout=180)
+        address = f"http://127.0.0.1:{dash}"
+        # `ray start` returns before the dashboard agent takes jobs ("No available agent to submit
+        # job"): wait until a trivial job is accepted.
+        deadline = time.time() + 180
+        while True:
+            probe = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--no-wait", "--",
+                                    "python", "-c", "pass"], env={**env, "RAY_AUTH_MODE": "token"},
+                                   capture_output=True, text=True, timeout=120)
+            if probe.returncode == 0:
+                break
+            assert time.time() < deadline, f"cluster never accepted a job: {probe.stderr[-1500:]}"
+            time.sleep(3)
+        yield address
+    finally:  # also when the cluster never came up
+        # This cluster only: `ray stop` would stop every Ray process on the machine.
+        stop_owned(owner)
+        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def test_job_submit_to_local_cluster(ray_head, mlflow_uri, stored_model, home):

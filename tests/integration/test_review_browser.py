@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.data.review import ReviewStore
-from app.data.schema import pair_id
+from app.datasets import pair_id
 from tests.conftest import page_wait, text_of, web_server
 
 pytestmark = pytest.mark.integration

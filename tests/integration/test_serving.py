@@ -7,7 +7,6 @@ serving; the API key; monitoring.
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,13 +17,29 @@ from openai import OpenAI
 
 from app.config import ModelConfig
 from app.model_store import ModelStore
-from tests.conftest import BIN, free_port, run_cli, summary_json
+from tests.conftest import BIN, OWNER_VAR, free_port, owned_processes, owner_token, run_cli, stop_owned, summary_json
 
 pytestmark = pytest.mark.integration
 SECOND = "smollm2-135m-instruct-b"
 KEY = "test-key-123"
 # One port for every deployment of the module: Serve's proxy keeps the port it was first started on.
 PORT = free_port()
+# Marks the processes this module's commands start (see tests.conftest.owned_processes).
+OWNER = owner_token()
+
+
+def serve_env() -> dict[str, str]:
+    """The environment of this module's commands: a fresh local cluster, its processes marked as ours."""
+    return {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": "", OWNER_VAR: OWNER}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stop_what_the_module_started():
+    """After the module: stop the Ray cluster that its first `app serve up` started with `ray start`
+    (whichever test ran it), with the Serve replicas and the vLLM engines of that cluster, including
+    engines a hard stop orphaned, and nothing else on the machine (not by process name)."""
+    yield
+    stop_owned(OWNER)
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +50,13 @@ def served(stored_model, home):
     sets = ["--set", f"serving.models=[{stored_model.name}, {SECOND}]", "--set", f"serving.port={port}",
             "--set", f"serving.api_key={KEY}", "--set", "serving.max_prompt_chars=4000",
             "--set", "serving.kv_cache_gib=1"]
-    env = {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": ""}
+    env = serve_env()
     proc = run_cli("app", "serve", "up", *sets, env=env, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     info = json.loads(proc.stdout[proc.stdout.index("{"):])
     yield {"url": info["url"], "models": [stored_model.name, SECOND], "sets": sets, "env": env, "info": info}
     run_cli("app", "serve", "down", *sets, env=env, timeout=300)
-    subprocess.run([str(BIN / "ray"), "stop"], capture_output=True, timeout=300)
-    # vLLM's engine processes are children of Serve replicas; a hard stop can orphan them.
-    subprocess.run(["pkill", "-9", "-f", "VLLM::"], capture_output=True)
+    # The cluster, and engines a hard stop orphaned: stop_what_the_module_started, after this.
 
 
 # A wrong RoPE base (a classic slip when copying a long-context setting from another model) garbles
@@ -57,7 +70,7 @@ def test_a_garbling_setting_is_refused_by_the_gate(stored_model):
     # Eager: the setting under test is the RoPE override, and eager engines skip compilation.
     sets = ["--set", f"serving.port={port}", "--set", "serving.kv_cache_gib=1", "--set", "serving.engine_mode=eager",
             "--set", GARBLING]
-    env = {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": ""}
+    env = serve_env()
     proc = run_cli("app", "serve", "up", *sets, env=env, timeout=900)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "correctness gate failed" in out, out[-3000:]
@@ -82,7 +95,7 @@ def test_a_failed_build_removes_the_app_it_deployed(stored_model, mlflow_uri, tm
             "--set", "data.generation.max_retries=1", "--set", "data.generation.retry_wait_s=0.1",
             "--set", "data.generation.estimate_requests=8", "--set", "data.extract=[]", "--set", "data.target_pairs=500",
             "--set", f"data.review_db=sqlite:///{tmp_path / 'review.db'}"]
-    env = {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": ""}
+    env = serve_env()
     proc = run_cli("app", "dataset", "build", "--docs", str(docs), *sets, env=env, timeout=1200)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "cannot reach data.target_pairs=500" in out, out[-3000:]
@@ -90,13 +103,18 @@ def test_a_failed_build_removes_the_app_it_deployed(stored_model, mlflow_uri, tm
     assert "removing the Serve app this build deployed for generation" in out
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{PORT}/v1/models", timeout=10).raise_for_status()
-    assert local_engine_pids() == []
+    # No engine of this module's cluster is left (engines of other runs on the machine are not ours).
+    assert set(local_engine_pids()) & {p.pid for p in owned_processes(OWNER)} == set()
 
 
 def client(served, key=KEY):
     return OpenAI(base_url=f"{served['url']}/v1", api_key=key, max_retries=0, timeout=120)
 
 
+# The module's `served` fixture deploys here (first test to use it): `app serve up` of two vLLM engines
+# on CPU plus the correctness gate, 217 s on CI and 409 s on a busy 2-core machine, up to the 1500 s
+# the command itself is given. 1800 s still leaves one such hang inside CI's 90 minutes.
+@pytest.mark.timeout(1800)
 def test_models_listed(served):
     ids = {m.id for m in client(served).models.list().data}
     assert ids == set(served["models"])
@@ -343,6 +361,9 @@ def test_eval_run_on_a_users_questions_with_retrieved_context(served, qa_docs, h
     assert proc.returncode == 1 and "line 1: no answer" in proc.stderr
 
 
+# Deploys, gates and load-tests two trial settings one after the other (257 s on CI, 407 s on a busy
+# 2-core machine; the command is given 1500 s), then, as the module's last test, carries its teardown.
+@pytest.mark.timeout(1800)
 def test_sweep_measures_batching_and_writes_the_winner(served, mlflow_uri, home):
     """Runs last: the sweep replaces the module's deployment with its own trial and removes it."""
     import mlflow
