@@ -61,3 +61,15 @@ def latest_dataset(cfg: ExperimentConfig) -> Path:
     if not pointer.is_file():
         raise DatasetError(f"no build of dataset {cfg.data.name!r} under {datasets_root(cfg)}: run `app dataset build`")
     return datasets_root(cfg) / pointer.read_text().strip()
+
+
+def origin_of(origin: str) -> str:
+    """Who wrote a question, for breakdowns: 'extracted:<kind>' (or a bare extraction kind) ->
+    'extracted' (by rule from the text), 'llm:<model>' / 'llm_question' -> 'LLM-written', 'human' ->
+    'human-written'; anything else as it is."""
+    family = str(origin).split(":", 1)[0] if origin else "unknown"
+    if family in ("llm", "llm_question"):
+        return "LLM-written"
+    if family in ("extracted", "extract") or family in GENERATORS:
+        return "extracted"
+    return "human-written" if family == "human" else family

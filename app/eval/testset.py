@@ -15,9 +15,8 @@ import numpy as np
 import pandas as pd
 
 from app.config import ExperimentConfig
-from app.data.build import read_corpus
 from app.data.corpus import ensure_default_corpus
-from app.datasets import GENERATORS, pair_id
+from app.datasets import origin_of, pair_id
 from app.embed import embed
 from app.errors import AppError
 from app.eval.config import RetrievalConfig
@@ -92,18 +91,6 @@ def dataset_split(path: Path, split: str = "test") -> pd.DataFrame:
                          "context_source": "dataset"})[COLUMNS]
 
 
-def origin_of(origin: str) -> str:
-    """Who wrote a question, for breakdowns: 'extracted:<kind>' (or a bare extraction kind) ->
-    'extracted' (by rule from the text), 'llm:<model>' / 'llm_question' -> 'LLM-written', 'human' ->
-    'human-written'; anything else as it is."""
-    family = str(origin).split(":", 1)[0] if origin else "unknown"
-    if family in ("llm", "llm_question"):
-        return "LLM-written"
-    if family in ("extracted", "extract") or family in GENERATORS:
-        return "extracted"
-    return "human-written" if family == "human" else family
-
-
 def sample(frame: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
     """At most ``limit`` examples, proportionally from every topic (deterministic for a seed)."""
     if not limit or limit >= len(frame):
@@ -156,6 +143,10 @@ def corpus_chunks(cfg: ExperimentConfig, tokenizer_file: Path, progress: Callabl
     root = Path(where).expanduser().resolve() if where else ensure_default_corpus(cfg.paths.resolved_home(), progress)
     if not root.is_dir():
         raise EvalDataError(f"retrieval corpus {root} does not exist or is not a folder")
+    # Deferred for start-up time: the dataset stage's module brings Ray Data, the quality checks
+    # (sklearn), SQLAlchemy and the Serve client; training workers import this module for Retriever.
+    from app.data.build import read_corpus
+
     docs, _ = read_corpus(cfg, root, tokenizer_file, progress)
     return [c for d in docs for c in d["chunks"]]
 

@@ -21,10 +21,9 @@ import pandas as pd
 
 from app import cluster
 from app.config import ExperimentConfig, PromptConfig
-from app.datasets import DatasetError, latest_dataset
+from app.datasets import DatasetError, latest_dataset, origin_of
 from app.errors import AppError
 from app.eval.metrics import DomainRule, mean_scores, score_answers
-from app.eval.testset import origin_of
 from app.generate import generate_batch
 from app.model_store import check_target_modules, model_fingerprint, model_store
 from app.prompts import qa_messages, truncate_context

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from app.eval.config import RetrievalConfig
-from app.eval.testset import Retriever, EvalDataError, dataset_split, read_jsonl, sample
+from app.eval.testset import EvalDataError, Retriever, dataset_split, read_jsonl, sample
 
 CHUNKS = [
     {"text": "json.dumps(obj) serializes obj to a JSON formatted str using this conversion table."},
@@ -56,7 +56,7 @@ def test_dataset_split_columns_and_stratified_sample(tmp_path):
     pd.DataFrame(rows).to_parquet(tmp_path / "test.parquet")
     df = dataset_split(tmp_path)
     assert set(df["origin"]) == {"LLM-written", "extracted"} and set(df["context_source"]) == {"dataset"}
-    from app.eval.testset import origin_of
+    from app.datasets import origin_of
 
     assert [origin_of(o) for o in ("extracted:definition", "statement", "llm:smollm2", "llm_question", "human",
                                    "reviewer-x")] == ["extracted", "extracted", "LLM-written", "LLM-written",
@@ -104,8 +104,8 @@ def test_a_test_set_with_the_test_split_in_one_run(tmp_path, monkeypatch):
 
 def test_retrieval_scoped_by_topic_searches_the_topics_folder(monkeypatch):
     from app import config
-    from app.eval.config import RetrievalConfig
     from app.eval import testset
+    from app.eval.config import RetrievalConfig
 
     chunks = [{"doc_path": "curl/FAQ-like.md", "text": "curl stops a transfer when a callback returns an error."},
               {"doc_path": "apache/proxy.md", "text": "mod_proxy stops a transfer when the backend times out."},
