@@ -11,7 +11,7 @@ Two modes (``data.generation.mode``):
 
 Backends (``data.generation.backend``):
 
-* ``serve`` / ``http``: :class:`ChatRequester`, a Ray Data actor that sends each row's chat request
+* ``serve`` / ``http``: :class:`app.endpoint.ChatRequester`, a Ray Data actor that sends each row's chat request
   to an OpenAI-compatible ``/chat/completions`` endpoint (the project's own Serve app, or any
   provider by URL and key), several in flight per actor. Retries (408/429/5xx, connection errors,
   timeouts) with exponential backoff; a request that still fails becomes a row with its reason,
@@ -223,7 +223,7 @@ def pairs_from_output(chunk: dict[str, Any], output: str, error: str, origin: st
     return rows
 
 
-# -- HTTP responses (also read by evaluation's ray.data.llm HTTP stage) ---------------------------
+# -- stop strings --------------------------------------------------------------------------------
 
 
 def stop_strings(n: int, style: str) -> list[str]:
