@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from app.eval.human import CRITERIA, PREFERENCES, SCALE
-from app.eval.report import col, table_metrics
+from app.eval.report import OPTIONAL_METRICS, col, table_metrics
 from app.eval.stats import bootstrap_ci
 
 # Deferred imports: krippendorff, scipy, statsmodels are imported inside the functions that use them,
@@ -124,14 +124,18 @@ def metric_correlations(ratings: pd.DataFrame, examples: pd.DataFrame) -> dict[s
     for r in per_answer.itertuples(index=False):
         row = examples[examples["example_id"] == r.example_id]
         auto.append({k: float(row[col(r.model_a, k)].iloc[0]) if len(row) else np.nan for k in metrics})
-    joined = pd.concat([per_answer.reset_index(drop=True), pd.DataFrame(auto)], axis=1).dropna()
+    joined = pd.concat([per_answer.reset_index(drop=True), pd.DataFrame(auto, columns=metrics)], axis=1)
+    # Answers whose example is missing go; an optional metric's NaN (the judge gave no verdict) leaves
+    # out only that metric's correlations.
+    joined = joined.dropna(subset=[*CRITERIA, *(k for k in metrics if k not in OPTIONAL_METRICS)])
     out: dict[str, Any] = {"answers": int(len(joined))}
     for c in CRITERIA:
         out[c] = {}
         for k in metrics:
-            if len(joined) < 3 or joined[c].nunique() < 2 or joined[k].nunique() < 2:
+            both = joined[[c, k]].dropna()
+            if len(both) < 3 or both[c].nunique() < 2 or both[k].nunique() < 2:
                 out[c][k] = None
                 continue
-            rho, p = spearmanr(joined[c], joined[k])
+            rho, p = spearmanr(both[c], both[k])
             out[c][k] = {"rho": float(rho), "p": float(p)}
     return out

@@ -42,8 +42,10 @@ class JudgeConfig(Section):
     model: EvalModel = Field(..., description="The judge: a model-store entry (served by the project's Serve "
                              "app with the evaluated models) or, with `url`, a model at any OpenAI-compatible API.")
     prompt: str = Field(DEFAULT_JUDGE_PROMPT, description="User message sent to the judge; must contain "
-                        "{question}, {reference} and {answer}. The verdict is the first of the words "
-                        "correct/incorrect/yes/no in the reply; a reply without one counts as incorrect.")
+                        "{question}, {reference} and {answer}. The reply's verdict (after a 'Verdict:' label, else its first "
+                        "line naming one) is read with negations ('not correct' is incorrect); abstentions, "
+                        "contradictions and replies without a verdict are left out of the judge's accuracy and "
+                        "counted (app/eval/judge.py).")
     max_new_tokens: PositiveInt = Field(16, description="Tokens the judge may reply with (greedy).")
 
     @field_validator("prompt")

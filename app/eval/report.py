@@ -2,7 +2,7 @@
 
 The per-example table has one row per test example and, per model ``m``, the columns ``m__answer``,
 ``m__error`` and ``m__<metric>`` for every metric in :data:`METRICS` (with an LLM judge also
-``m__judge_correct`` and ``m__judge_reply``). From it:
+``m__judge_correct``, NaN where the judge gave no verdict, and ``m__judge_reply``). From it:
 * every model's mean of every metric with a bootstrap confidence interval;
 * every model against the first (the reference) on the same examples: mean difference, its
   interval, paired bootstrap and sign-flip permutation p-values, Holm-adjusted across metrics;
@@ -15,6 +15,7 @@ The per-example table has one row per test example and, per model ``m``, the col
 from __future__ import annotations
 
 import base64
+import math
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -56,16 +57,15 @@ def summarize(table: pd.DataFrame, models: list[str], samples: int, confidence: 
               corpus_bleu: dict[str, float] | None = None) -> dict[str, Any]:
     """Means with intervals, paired comparisons against models[0], and per-topic/origin breakdowns."""
     metrics = table_metrics(table)
-    means = {m: {k: bootstrap_ci(table[col(m, k)], samples, confidence, seed).as_dict() for k in metrics}
-             for m in models}
+    means = {m: {k: _mean(table[col(m, k)], k, samples, confidence, seed) for k in metrics} for m in models}
     comparisons = {}
     ref = models[0]
     for m in models[1:]:
-        per = {k: paired_comparison(table[col(ref, k)], table[col(m, k)], samples, confidence, seed).as_dict()
-               for k in metrics}
-        adjusted = holm([per[k]["p_permutation"] for k in metrics])
-        for k, p in zip(metrics, adjusted):
-            per[k]["p_holm"] = p
+        per = {k: _paired(table[col(ref, k)], table[col(m, k)], k, samples, confidence, seed) for k in metrics}
+        tested = [k for k in metrics if not math.isnan(per[k]["p_permutation"])]
+        adjusted = dict(zip(tested, holm([per[k]["p_permutation"] for k in tested])))
+        for k in metrics:
+            per[k]["p_holm"] = adjusted.get(k, math.nan)
         comparisons[m] = per
     breakdown = {by: _breakdown(table, models, by, samples, confidence, seed) for by in ("topic", "origin")}
     # The paired tests again within each origin: a headline over mostly extracted questions can hide
@@ -81,7 +81,34 @@ def summarize(table: pd.DataFrame, models: list[str], samples: int, confidence: 
             "comparisons": comparisons, "comparisons_by_origin": by_origin, "breakdown": breakdown,
             "answer_words": {m: float(table[col(m, "answer_words")].mean()) for m in models
                              if col(m, "answer_words") in table},
-            "request_errors": {m: int((table[col(m, "error")] != "").sum()) for m in models}}
+            "request_errors": {m: int((table[col(m, "error")] != "").sum()) for m in models},
+            **({"judge_excluded": {m: int(table[col(m, "judge_correct")].isna().sum()) for m in models}}
+               if "judge_correct" in metrics else {})}
+
+
+# An optional metric may have no value for an example (NaN): the judge gave no verdict on it (abstained,
+# contradicted itself, said nothing readable) or its request failed. Such examples are left out of that
+# metric's mean and of its paired comparisons (which use the examples both models have a value for);
+# the summary counts them (judge_excluded). The other metrics have a value for every example.
+_NO_COMPARISON = {**dict.fromkeys(["mean_a", "mean_b", "difference", "low", "high", "p_bootstrap", "p_permutation",
+                                   "detectable"], math.nan), "n": 0, "wins_b": 0, "wins_a": 0}
+
+
+def _mean(values: pd.Series, metric: str, samples: int, confidence: float, seed: int) -> dict[str, float]:
+    if metric in OPTIONAL_METRICS:
+        values = values.dropna()
+        if values.empty:
+            return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0}
+    return bootstrap_ci(values, samples, confidence, seed).as_dict()
+
+
+def _paired(a: pd.Series, b: pd.Series, metric: str, samples: int, confidence: float, seed: int) -> dict[str, float]:
+    if metric in OPTIONAL_METRICS:
+        both = a.notna() & b.notna()
+        if not both.any():
+            return dict(_NO_COMPARISON)
+        a, b = a[both], b[both]
+    return paired_comparison(a, b, samples, confidence, seed).as_dict()
 
 
 def _breakdown(table: pd.DataFrame, models: list[str], by: str, samples: int, confidence: float,
@@ -302,6 +329,10 @@ def write_report(out: Path, summary: dict[str, Any], table: pd.DataFrame, facts:
     errs = {m: n for m, n in summary["request_errors"].items() if n}
     if errs:
         intro.append(f"Failed requests (scored as wrong answers): {errs}.")
+    excluded = {m: n for m, n in summary.get("judge_excluded", {}).items() if n}
+    if excluded:
+        intro.append(f"Answers the LLM judge gave no verdict on (it abstained, contradicted itself or said nothing "
+                     f"readable, or the request failed), left out of the LLM-judge accuracy and its comparisons: {excluded}.")
     sections = [("Metrics", t["means"]), ("Paired comparisons", t["comparisons"]), ("By topic", t["by_topic"]),
                 ("By origin (domain accuracy)", t["by_origin"]), ("By origin (all headline metrics)", t["by_origin_all"])]
     if not t["comparisons_by_origin"].empty:
