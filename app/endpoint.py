@@ -1,9 +1,10 @@
 """Client side of OpenAI-compatible endpoints (ours on Ray Serve, or any a user names).
 
-URLs and keys, the model list, a tolerant response reader, and :class:`ChatRequester`, the Ray
-Data actor that posts chat requests with retries, deadlines and a rate limit. Shared by the
-dataset stage (LLM generation), evaluation (answering, the judge) and serving (the gate, the sweep).
-Imports nothing from the stages.
+URLs and keys (:func:`serving_key`: the one reader of our endpoint's key), the model list, a
+tolerant response reader, and :class:`ChatRequester`, the Ray Data actor that posts chat requests
+with retries, deadlines and a rate limit. Shared by the dataset stage (LLM generation), evaluation
+(answering, the judge) and serving (the app's builder, the gate, the sweep). Imports nothing from
+the stages.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import functools
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
 import numpy as np
 
+from app.errors import ConfigError
 from app.serving.config import ServingConfig
 
 
@@ -52,8 +55,35 @@ def listed_models(base_v1: str, key: str | None, timeout: float = 10) -> set[str
     return {m["id"] for m in r.json().get("data", [])}
 
 
+def serving_key(s: ServingConfig) -> str | None:
+    """The API key of the project's endpoint, read from where ``s`` says it is (serving.api_key_env or
+    serving.api_key_file; surrounding whitespace stripped), or None when the endpoint is open.
+
+    The one place the key is resolved: the app's builder (the key travels in the app's middleware),
+    and every client of the endpoint. ConfigError names the variable or file when there is no key.
+    """
+    if s.api_key_env:
+        key = os.environ.get(s.api_key_env, "").strip()
+        if not key:
+            raise ConfigError(f"serving.api_key_env names {s.api_key_env}, which is not set (or empty) "
+                              "in this environment")
+        return key
+    if s.api_key_file:
+        path = Path(s.api_key_file).expanduser()
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ConfigError(f"serving.api_key_file {path} cannot be read ({reason})") from None
+        if not key:
+            raise ConfigError(f"serving.api_key_file {path} is empty")
+        return key
+    return None
+
+
 def headers(s: ServingConfig) -> dict[str, str]:
-    return bearer(s.api_key)
+    """The Authorization header of the project's endpoint (none when it is open)."""
+    return bearer(serving_key(s))
 
 
 class TolerantResponse(aiohttp.ClientResponse):

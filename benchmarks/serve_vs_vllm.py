@@ -62,7 +62,7 @@ def main() -> None:
     if args.serving:
         serving = ServingConfig.model_validate(yaml.safe_load(args.serving.read_text())["serving"])
     model = serving.models[0]
-    serving = serving.model_copy(update={"models": [model], "api_key": None})
+    serving = serving.model_copy(update={"models": [model], "api_key_env": None, "api_key_file": None})
     path = model_store(cfg).get(model).path
     home = cfg.paths.resolved_home()
     out = home / "reports" / "benchmarks"

@@ -23,6 +23,7 @@ from app.endpoint import (
     external_endpoint,
     listed_models,
     response_text,
+    serving_key,
     session_factory,
 )
 from app.errors import AppError
@@ -49,7 +50,7 @@ def endpoint_of(m: EvalModel, cfg: ExperimentConfig) -> tuple[str, str | None]:
     """(base URL ending in /v1, API key) for a model."""
     if m.url:
         return external_endpoint(m.url, m.api_key_env, f"evaluation model {m.name}", EvalError)
-    return base_url(cfg.serving) + "/v1", cfg.serving.api_key
+    return base_url(cfg.serving) + "/v1", serving_key(cfg.serving)
 
 
 def check_endpoint(m: EvalModel, base: str, key: str | None) -> None:

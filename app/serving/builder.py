@@ -14,7 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.endpoint import serving_key
 from app.model_store import ModelStore
+from app.secrets import redact
 from app.serving.config import ServingConfig
 from app.serving.guard import Limits, RequestGuard
 
@@ -26,7 +28,8 @@ from app.serving.guard import Limits, RequestGuard
 class ServeAppArgs(BaseModel):
     """The ``args`` of the Serve application (validated before anything is deployed)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Errors never echo their input: a misplaced key must not reach Serve's logs through them.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     home: str = Field(description="The app home holding the model store (paths.home).")
     serving: ServingConfig = Field(default_factory=ServingConfig)
@@ -127,6 +130,39 @@ def llm_config_for(model_id: str, model_path: Path, s: ServingConfig, threads_bi
     )
 
 
+def set_cors(app: Any, origins: list[str]) -> None:
+    """Cross-origin access to ``app`` (a FastAPI/Starlette app not yet started) for exactly ``origins``.
+
+    Ray's OpenAI app (``ray.llm._internal.serve.core.ingress.ingress.init``) allows any origin, with
+    credentials; that middleware is removed. With ``origins``, a CORS middleware allowing just those is
+    added outermost, so preflights are answered before the guard asks for a key and the guard's
+    refusals carry the headers a browser needs to read them. Bearer keys, not cookies: no credentials.
+    """
+    from starlette.middleware.cors import CORSMiddleware
+
+    if getattr(app, "middleware_stack", None) is not None:
+        raise RuntimeError("the app has started: its middleware can no longer change")
+    app.user_middleware[:] = [m for m in app.user_middleware
+                              if not (isinstance(m.cls, type) and issubclass(m.cls, CORSMiddleware))]
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(origins), allow_credentials=False,
+                           allow_methods=["GET", "POST"], allow_headers=["*"])
+
+
+def fastapi_app(s: ServingConfig, api_key: str | None) -> Any:
+    """Ray's OpenAI-compatible FastAPI app with this project's middleware: the request guard in front
+    of Ray's own, and CORS for ``s.cors_origins`` only (see :func:`set_cors`)."""
+    from ray.llm._internal.serve.core.ingress.ingress import init as init_fastapi
+
+    app = init_fastapi()
+    # Added after Ray's, so it runs before them: bad requests never reach Ray's handlers or the engine.
+    app.add_middleware(RequestGuard, known_models=set(s.models), limits=Limits(
+        max_body_bytes=s.max_body_bytes, max_prompt_chars=s.max_prompt_chars, max_tokens=s.max_model_len,
+        api_key=api_key))
+    set_cors(app, s.cors_origins)
+    return app
+
+
 def build_app(args: dict[str, Any]):
     """Build the OpenAI-compatible Serve application for ``args`` (see :class:`ServeAppArgs`).
 
@@ -135,22 +171,18 @@ def build_app(args: dict[str, Any]):
     """
     from ray import serve
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
-    from ray.llm._internal.serve.core.ingress.ingress import init as init_fastapi
     from ray.serve.llm import build_llm_deployment
     from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 
     parsed = ServeAppArgs.model_validate(args)
     s = parsed.serving
+    # The key is read here, where the app is built, and travels inside the guard (never in args).
+    key = serving_key(s)
     store = ModelStore(Path(parsed.home).expanduser() / "models")
     binds = threads_binds(s)
     configs = [llm_config_for(name, store.get(name).path, s, bind) for name, bind in zip(s.models, binds)]
 
-    fastapi_app = init_fastapi()
-    # Added last, so it runs first: bad requests never reach Ray's handlers or the engine.
-    fastapi_app.add_middleware(RequestGuard, known_models=set(s.models), limits=Limits(
-        max_body_bytes=s.max_body_bytes, max_prompt_chars=s.max_prompt_chars, max_tokens=s.max_model_len,
-        api_key=s.api_key))
-    ingress_cls = make_fastapi_ingress(OpenAiIngress, app=fastapi_app)
+    ingress_cls = make_fastapi_ingress(OpenAiIngress, app=fastapi_app(s, key))
     options = OpenAiIngress.get_deployment_options(configs)
     # A fixed ingress count unless autoscaling is asked for: Ray's default autoscales the ingress,
     # which on a small machine takes CPUs from the engines under load.
@@ -164,15 +196,24 @@ def build_app(args: dict[str, Any]):
     )
 
 
+def http_options(s: ServingConfig) -> dict[str, Any]:
+    """Ray Serve's HTTP proxy options for the serving section."""
+    return {"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s}
+
+
 def serve_config_dict(home: str | Path, s: ServingConfig, app_name: str = "llm") -> dict[str, Any]:
-    """A Serve config file (``serve run`` / ``serve deploy``) for the serving section."""
-    return {
+    """A Serve config file (``serve run`` / ``serve deploy``) for the serving section.
+
+    It names where the API key is (serving.api_key_env / api_key_file), never the key, and any
+    secret-looking value (an ``hf_token`` in engine_kwargs) is written as ``***``.
+    """
+    return redact({
         "proxy_location": "HeadOnly",
-        "http_options": {"host": s.host, "port": s.port},
+        "http_options": http_options(s),
         "applications": [{
             "name": app_name,
             "route_prefix": "/",
             "import_path": "app.serving.builder:build_app",
             "args": ServeAppArgs(home=str(home), serving=s).model_dump(mode="json"),
         }],
-    }
+    })

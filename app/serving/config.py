@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
+    ConfigDict,
     Field,
     NonNegativeFloat,
     PositiveFloat,
@@ -15,6 +19,24 @@ from pydantic import (
 )
 
 from app.sections import Section, duplicates
+
+
+NO_KEY_IN_CONFIG = (
+    "serving.api_key is not accepted: API keys are not stored in config (a config is logged and written "
+    "with every run); name an environment variable holding the key in serving.api_key_env, or a file holding it in "
+    "serving.api_key_file")
+ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/\s?#]+$", re.IGNORECASE)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` reaches this machine only: localhost, 127.0.0.0/8 or ::1."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class GateConfig(Section):
@@ -36,6 +58,9 @@ class GateConfig(Section):
 
 class ServingConfig(Section):
     """vLLM on Ray Serve: which models, engine parameters, replicas, request limits."""
+
+    # Errors never echo what they were given: a misplaced key must not reach a log through them.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     host: str = Field("127.0.0.1", description="HTTP host of the Serve proxy.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Serve proxy.")
@@ -86,11 +111,52 @@ class ServingConfig(Section):
         8, description="Logical CPUs of a local cluster started by `app serve up` (each model replica "
         "reserves 2: replica actor + engine worker; threads are the OS's business)."
     )
-    api_key: str | None = Field(None, description="Bearer token required by the endpoint; None: open.")
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the environment variable holding the endpoint's API key (never the key itself); "
+        "clients send it as 'Authorization: Bearer <key>'. Read where the app is built and where clients run.")
+    api_key_file: Path | None = Field(
+        None, description="A file holding the endpoint's API key (surrounding whitespace ignored); the other way "
+        "to name the key. Neither: the endpoint is open, which only a loopback host allows.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins browsers may call the endpoint from (e.g. "
+        "https://ui.example.com); empty: no cross-origin access at all (Ray's default of any origin removed).")
     max_body_bytes: PositiveInt = Field(1_000_000, description="Larger request bodies get 413.")
     max_prompt_chars: PositiveInt = Field(32_000, description="Longer prompts get 400 before reaching the engine.")
     ready_timeout_s: PositiveFloat = Field(600, description="How long `app serve up` waits for every model to answer.")
+    request_timeout_s: PositiveFloat | None = Field(
+        600, description="Ray Serve's end-to-end HTTP request timeout (http_options): a request still unanswered "
+        "after this long, e.g. one waiting for a replica while Serve replaces a dead engine, gets an HTTP error "
+        "instead of hanging. Fixed when the cluster's Serve proxy first starts. None: no limit (Ray's default).")
     gate: GateConfig = Field(default_factory=GateConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_key_in_config(cls, data: Any) -> Any:
+        # Checked before the fields: an unknown-field error would print the key it was given.
+        if isinstance(data, dict) and "api_key" in data:
+            raise ValueError(NO_KEY_IN_CONFIG)
+        return data
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        bad = [o for o in v if o != "*" and not ORIGIN.match(o)]
+        if bad:
+            raise ValueError(f"{bad} are not origins: give scheme://host[:port] with no path or trailing slash "
+                             "(what browsers send in the Origin header), or '*' for any origin")
+        return v
+
+    @model_validator(mode="after")
+    def _key_source(self) -> ServingConfig:
+        if self.api_key_env and self.api_key_file:
+            raise ValueError("give serving.api_key_env or serving.api_key_file, not both")
+        if not (self.api_key_env or self.api_key_file) and not is_loopback(self.host):
+            raise ValueError(
+                f"serving.host {self.host!r} is not a loopback address, so the endpoint would be open to the network "
+                "without an API key: set serving.api_key_env (an environment variable holding the key) or "
+                "serving.api_key_file (a file holding it), or serve on 127.0.0.1")
+        return self
 
     @model_validator(mode="after")
     def _replicas(self) -> ServingConfig:

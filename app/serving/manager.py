@@ -16,11 +16,11 @@ import psutil
 
 from app import cluster
 from app.config import ExperimentConfig
-from app.endpoint import base_url, headers, listed_models
+from app.endpoint import base_url, headers, listed_models, serving_key
 from app.errors import AppError
 from app.model_store import ModelStore
 from app.serving import gate
-from app.serving.builder import ServeAppArgs, build_app, engine_args
+from app.serving.builder import ServeAppArgs, build_app, engine_args, http_options
 from app.serving.config import ServingConfig
 
 # Deferred imports: ray is imported inside the functions that use it,
@@ -55,8 +55,9 @@ def ensure_served(cfg: ExperimentConfig, model_ids: list[str], purpose: str,
     """
     import ray
 
+    key = serving_key(cfg.serving)  # before the try: a missing key is the config's error, not "not running"
     try:
-        running = listed_models(base_url(cfg.serving) + "/v1", cfg.serving.api_key)
+        running = listed_models(base_url(cfg.serving) + "/v1", key)
     except (httpx.HTTPError, ValueError, TypeError, KeyError):
         running = set()
     if set(model_ids) <= running and attach(cfg):
@@ -159,6 +160,7 @@ def up(cfg: ExperimentConfig, progress: Callable[[str], None] = print) -> dict[s
     """Deploy every configured model on one endpoint and wait until each answers."""
     import ray
 
+    serving_key(cfg.serving)  # a key named but missing fails here, before a cluster is started
     # Connect first: building the application initialises Ray implicitly, and a cluster started
     # that way lives and dies with this process.
     address = cluster_address(cfg, progress)
@@ -178,7 +180,7 @@ def deploy(home: Path, s: ServingConfig, progress: Callable[[str], None] = print
 
     args = ServeAppArgs(home=str(home), serving=s).model_dump(mode="json")
     application = build_app(args)  # fails here, before deploying, on bad args or missing models
-    serve.start(http_options={"host": s.host, "port": s.port})
+    serve.start(http_options=http_options(s))
     if replace and APP_NAME in serve.status().applications:
         progress("removing the running application")
         remove_app()

@@ -24,6 +24,7 @@ import yaml
 from app import cluster, endpoint
 from app.config import ExperimentConfig
 from app.model_store import model_fingerprint, model_store
+from app.secrets import redact
 from app.serving.builder import serve_config_dict
 from app.serving.config import (
     VLLM_DEFAULTS,
@@ -289,7 +290,7 @@ def run_sweep(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_o
                 mlflow.set_tags({"stage": "serve_sweep.trial", "trial": name, "status": trial_status(t),
                                  "error": t.error[:500]})
                 mlflow.log_params({f"serving.{k}": json.dumps(v) for k, v in
-                                   serving.model_dump(mode="json").items()})
+                                   redact(serving.model_dump(mode="json")).items()})
                 for p in t.points:
                     log_step_metrics({k: p[k] for k in POINT_KEYS} | {"slo_met": float(p["slo_met"])},
                                      step=p["concurrency"])
@@ -333,7 +334,7 @@ def run_sweep(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_o
         (out_dir / "tuned_serve_config.yaml").write_text(
             f"# Best setting of serve sweep run {run.info.run_id} ({winner.name}); SLO {summary['slo']}.\n"
             + yaml.safe_dump(serve_cfg, sort_keys=False))
-        (out_dir / "tuned_serving.yaml").write_text(yaml.safe_dump({"serving": tuned.model_dump(mode="json")},
+        (out_dir / "tuned_serving.yaml").write_text(yaml.safe_dump({"serving": redact(tuned.model_dump(mode="json"))},
                                                                    sort_keys=False))
         mlflow.log_artifact(str(out_dir / "tuned_serve_config.yaml"), "sweep")
         mlflow.log_artifact(str(out_dir / "tuned_serving.yaml"), "sweep")

@@ -58,6 +58,14 @@ def write(tmp_path, data) -> Path:
         ({"evaluation": {"domain_rule": "vibes"}}, "evaluation.domain_rule", "f1_or_similarity"),
         # Sections of stages not built yet are refused like any unknown key (issue 15 removed the placeholders).
         ({"quantization": {"group_size": 64}}, "quantization", "Extra inputs are not permitted"),
+        # The endpoint's key is a secret, never a config value; beyond loopback one is required.
+        ({"serving": {"api_key": "s3cret"}}, "serving", "API keys are not stored in config"),
+        ({"serving": {"api_key": None}}, "serving", "in serving.api_key_env, or a file holding it in"),
+        ({"serving": {"api_key_env": "A", "api_key_file": "/k"}}, "serving", "api_key_file, not both"),
+        ({"serving": {"api_key_env": "MY-KEY"}}, "serving.api_key_env", "should match pattern"),
+        ({"serving": {"host": "0.0.0.0"}}, "serving", "serving.host '0.0.0.0' is not a loopback address"),
+        ({"serving": {"host": "10.1.2.3"}}, "serving", "set serving.api_key_env (an environment variable"),
+        ({"serving": {"cors_origins": ["https://ui.example/"]}}, "serving.cors_origins", "are not origins"),
     ],
 )
 def test_bad_config_names_field_and_rule(tmp_path, data, field, rule):
@@ -67,6 +75,24 @@ def test_bad_config_names_field_and_rule(tmp_path, data, field, rule):
     assert f"  {field}: " in msg, msg
     assert rule in msg, msg
     assert str(tmp_path / "exp.yaml") in msg
+
+
+def test_a_key_given_in_config_is_refused_without_being_echoed():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["serving.api_key=s3cret-value"])
+    # The problem itself does not repeat the value (the header line names the overrides as given).
+    problems = str(err.value).split("\n", 1)[1]
+    assert "serving.api_key_env" in problems and "s3cret-value" not in problems
+
+
+@pytest.mark.parametrize("host, key", [("127.0.0.1", {}), ("127.8.9.1", {}), ("localhost", {}), ("::1", {}),
+                                       ("0.0.0.0", {"api_key_env": "SERVE_KEY"}),
+                                       ("10.0.0.5", {"api_key_file": "~/.serve-key"})])
+def test_open_endpoints_only_on_loopback(host, key):
+    from app.serving.config import ServingConfig
+
+    s = ServingConfig(host=host, **key)
+    assert s.host == host and s.cors_origins == []  # no cross-origin access unless configured
 
 
 def test_not_a_mapping_and_bad_yaml(tmp_path):
