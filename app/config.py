@@ -31,6 +31,7 @@ from pydantic import (
 from app.data.config import DataConfig
 from app.errors import ConfigError
 from app.eval.config import EvaluationConfig
+from app.secrets import MASK, is_secret_name
 from app.sections import Section
 from app.serving.config import (
     ServeSweepConfig,
@@ -126,6 +127,17 @@ class TrackingConfig(Section):
     start_timeout_s: PositiveFloat = 90.0
 
 
+class AccountsConfig(Section):
+    """Who may write: the accounts (reviewers, annotators, admins) the web apps log people in against."""
+
+    db: str | None = Field(None, description="SQLAlchemy URL of the accounts database; None: SQLite at "
+                           "<home>/accounts.db.")
+    session_hours: PositiveFloat = Field(14 * 24, description="A login lasts this long (or until logout).")
+
+    def url(self, home: Path) -> str:
+        return self.db or f"sqlite:///{home / 'accounts.db'}"
+
+
 class ExperimentConfig(Section):
     """The whole experiment; every job takes this tree and reads its own section."""
 
@@ -143,6 +155,7 @@ class ExperimentConfig(Section):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     serve_sweep: ServeSweepConfig = Field(default_factory=ServeSweepConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    accounts: AccountsConfig = Field(default_factory=AccountsConfig)
 
     @model_validator(mode="after")
     def _cross_section(self) -> ExperimentConfig:
@@ -269,5 +282,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(raw).__name__}")
     if overrides:
         raw = apply_overrides(raw, overrides)
-        origin += " with overrides " + " ".join(overrides)
+        # Named in error messages: a secret-looking key's value is not repeated there.
+        shown = [f"{t.split('=', 1)[0]}={MASK}" if is_secret_name(t.split("=", 1)[0].strip()) else t
+                 for t in overrides]
+        origin += " with overrides " + " ".join(shown)
     return validate_config(raw, origin)

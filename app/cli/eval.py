@@ -59,7 +59,8 @@ eval_app.add_typer(human_app, name="human")
 def human_create(study: str, annotators: Annotated[str, typer.Option(help="Comma-separated annotator names.")],
                  run: Annotated[Optional[str], typer.Option(help="Evaluation run (default: the latest).")] = None,
                  config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """A blind study over an evaluation run's answers; prints each annotator's login token (shown once)."""
+    """A blind study over an evaluation run's answers. Annotators that are accounts (annotator role, `app users
+    add`) log in with their password; each other annotator's login token is printed (shown once)."""
     from app.eval.run import create_study
 
     cfg = load(config, set_)
@@ -74,10 +75,13 @@ def human_serve(config: ConfigOpt = None, set_: SetOpt = None,
     from app.eval.human_web import serve
     from app.eval.run import human_store
 
+    from app.cli.users import open_accounts
+
     cfg = load(config, set_)
-    store = human_store(cfg)
-    console.print(f"ratings database: {store.url}\nrating page: http://{host}:{port}/login", highlight=False, markup=False)
-    serve(store, host, port)
+    store, accounts = human_store(cfg), open_accounts(config, set_)
+    console.print(f"ratings database: {store.url}\naccounts database: {accounts.url}\n"
+                  f"rating page: http://{host}:{port}/login", highlight=False, markup=False)
+    serve(store, accounts, host, port)
 
 
 @human_app.command("status")

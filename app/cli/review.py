@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from app.cli.common import ConfigOpt, HostOpt, PortOpt, SetOpt, console, handled, load
+from app.cli.users import open_accounts
 
 review_app = typer.Typer(help="Human review and correction of the dataset's QA pairs.", no_args_is_help=True)
 
@@ -25,14 +26,18 @@ def _store(config: Path | None, set_: list[str] | None):
 @handled
 def review_serve(config: ConfigOpt = None, set_: SetOpt = None,
                  host: HostOpt = "127.0.0.1", port: PortOpt = 8765) -> None:
-    """Serve the review page and its JSON API until Ctrl-C."""
+    """Serve the review page and its JSON API until Ctrl-C (reviewers log in with their accounts)."""
     from app.data.review_web import serve
 
-    store = _store(config, set_)
+    store, accounts = _store(config, set_), open_accounts(config, set_)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     console.print(f"review database: {store.url}", highlight=False, markup=False)
+    console.print(f"accounts database: {accounts.url}", highlight=False, markup=False)
+    if not any("reviewer" in u["roles"] or "admin" in u["roles"] for u in accounts.users() if not u["disabled_at"]):
+        console.print("no reviewer account yet: create one with `app users add NAME --role reviewer`",
+                      highlight=False, markup=False)
     console.print(f"review page: http://{shown}:{port}/", highlight=False, markup=False)
-    serve(store, host, port)
+    serve(store, accounts, host, port)
 
 
 @review_app.command("export")
@@ -49,11 +54,19 @@ def review_export(path: Path, config: ConfigOpt = None, set_: SetOpt = None,
 @review_app.command("import")
 @handled
 def review_import(path: Path, config: ConfigOpt = None, set_: SetOpt = None,
-                  reviewer: Optional[str] = typer.Option(None, help="Reviewer recorded for every change "
-                                                                    "(else each line's `reviewer`).")) -> None:
-    """Apply a reviewed JSONL file: all lines are checked first, then applied together or not at all."""
+                  reviewer: str = typer.Option(..., help="The account (reviewer role) recorded for every change.")
+                  ) -> None:
+    """Apply a reviewed JSONL file: all lines are checked first, then applied together or not at all.
 
-    counts = _store(config, set_).import_jsonl(path, reviewer=reviewer)
+    The changes are recorded as the named account's: whoever can run this command can write the
+    database files anyway, so it asks for no password, but the account must exist, be enabled and
+    have the reviewer role."""
+    from app.errors import AppError
+
+    user = open_accounts(config, set_).get(reviewer)
+    if not user.can("reviewer"):
+        raise AppError(f"account {user.name!r} lacks the reviewer role")
+    counts = _store(config, set_).import_jsonl(path, reviewer=user.name, user_id=user.id)
     console.print(f"imported {path}: {counts['changed']} changed, {counts['unchanged']} unchanged "
                   f"({counts['lines']} lines)", highlight=False, markup=False)
 

@@ -1,16 +1,22 @@
 """The review web app: one server-rendered page to approve, edit or reject QA pairs, and a JSON API.
 
+Every page and API call needs a login with an account that has the reviewer role (app.accounts,
+``app users add NAME --role reviewer``); every action records that account.
+
 Pages:
+    /login             log in (``POST /logout`` to log out)
     /                  the next item matching the filters (?status=pending&topic=...&after=<pair_id>)
     /item/{pair_id}    one item with its full history
-API:
+API (the session as ``Authorization: Bearer <session>`` or the page's cookie):
+    POST /api/login {name, password} -> {"session", "user", "roles"}
     GET  /api/items?status=&topic=&generator=&limit=&offset=   {"items": [...], "total", "limit", "offset"}
     GET  /api/items/{id}            the item
     GET  /api/items/{id}/history    its events, oldest first
-    POST /api/items/{id}/review     {reviewer, action, question?, answer?, note?} -> the item
+    POST /api/items/{id}/review     {action, question?, answer?, note?} -> the item
     GET  /api/next?status=&topic=&after=   the next item or null
     GET  /api/stats
-Errors are {"error": message}: 400 for bad input, 404 for an unknown pair id.
+Errors are {"error": message}: 400 for bad input, 401 without a login, 403 without the role or for a
+write from another origin, 404 for an unknown pair id, 413 for a body over 1 MB.
 
 Plain HTML, inline CSS and a little vanilla JS; everything shown is HTML-escaped.
 """
@@ -19,25 +25,34 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import quote, unquote, urlencode
+from urllib.parse import quote, urlencode
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.accounts import AccountStore, User
 from app.data.review import STATUSES, ReviewError, ReviewStore, UnknownPairError
-from app.web import answer_errors, h, html_document, json_error, new_app, serve_app
+from app.web import WebAuth, answer_errors, h, html_document, http_error, json_error, new_app, serve_app
 
 TITLE = "QA pair review"
 
 
+MAX_LIMIT = 500  # items per /api/items page
+MAX_OFFSET = 10**9  # more items than a dataset has; SQLite fails on offsets past 64 bits
+MAX_TEXT = 20_000  # characters of an edited question, answer or note
+
+
 class ReviewRequest(BaseModel):
-    reviewer: str = ""
-    action: str = ""
-    question: str | None = None
-    answer: str | None = None
-    note: str = ""
+    """A review action. The reviewer is the logged-in account: a ``reviewer`` field is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: str = Field("", max_length=16)
+    question: str | None = Field(None, max_length=MAX_TEXT)
+    answer: str | None = Field(None, max_length=MAX_TEXT)
+    note: str = Field("", max_length=MAX_TEXT)
 
 
 def _int_param(value: str | None, name: str, default: int) -> int:
@@ -49,13 +64,26 @@ def _int_param(value: str | None, name: str, default: int) -> int:
         raise ReviewError(f"{name} must be an integer, got {value!r}") from None
 
 
-def create_app(store: ReviewStore) -> FastAPI:
-    app = new_app(TITLE)
+def create_app(store: ReviewStore, accounts: AccountStore) -> FastAPI:
+    """The review app over ``store``; people log in against ``accounts`` (reviewer role)."""
+    auth = WebAuth(accounts, "reviewer", "review_session", TITLE)
+    app = new_app(TITLE, dependencies=[Depends(_login_required(auth))])
+    auth.mount(app, CSS)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI parses a body before the login check runs: a stranger's bad body still gets 401.
+        refusal = auth.refusal(request) if request.url.path not in OPEN_PATHS else None
+        if refusal is not None:
+            return refusal
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
         return json_error(400, f"invalid request: {problems}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # A body FastAPI cannot parse at all (400, e.g. nested too deeply): the login check first, as above.
+        refusal = auth.refusal(request) if exc.status_code == 400 and request.url.path not in OPEN_PATHS else None
+        return refusal or await http_error(request, exc)
 
     # Every JSON endpoint: 404 for an unknown id, else 400.
     answer_errors(app, ReviewError, lambda exc: 404 if isinstance(exc, UnknownPairError) else 400)
@@ -66,6 +94,9 @@ def create_app(store: ReviewStore) -> FastAPI:
     def api_items(status: str | None = None, topic: str | None = None, generator: str | None = None,
                   limit: str | None = None, offset: str | None = None) -> Any:
         lim, off = _int_param(limit, "limit", 50), _int_param(offset, "offset", 0)
+        if not 1 <= lim <= MAX_LIMIT or not 0 <= off <= MAX_OFFSET:
+            raise ReviewError(f"limit must be in [1, {MAX_LIMIT}] and offset in [0, {MAX_OFFSET}], "
+                              f"got limit={lim}, offset={off}")
         status, topic, generator = status or None, topic or None, generator or None
         items = store.items(status=status, topic=topic, generator=generator, limit=lim, offset=off)
         total = store.count(status=status, topic=topic, generator=generator)
@@ -80,9 +111,10 @@ def create_app(store: ReviewStore) -> FastAPI:
         return store.history(pair_id)
 
     @app.post("/api/items/{pair_id}/review")
-    def api_review(pair_id: str, body: ReviewRequest) -> Any:
-        return store.review(pair_id, body.reviewer, body.action, question=body.question, answer=body.answer,
-                            note=body.note)
+    def api_review(pair_id: str, body: ReviewRequest, request: Request) -> Any:
+        user: User = request.state.user
+        return store.review(pair_id, user.name, body.action, question=body.question, answer=body.answer,
+                            note=body.note, user_id=user.id)
 
     @app.get("/api/next")
     def api_next(status: str | None = "pending", topic: str | None = None, after: str | None = None) -> Any:
@@ -119,9 +151,22 @@ def create_app(store: ReviewStore) -> FastAPI:
     return app
 
 
-def serve(store: ReviewStore, host: str = "127.0.0.1", port: int = 8765) -> None:
+def serve(store: ReviewStore, accounts: AccountStore, host: str = "127.0.0.1", port: int = 8765) -> None:
     """Run the review app with uvicorn until interrupted."""
-    serve_app(create_app(store), host, port)
+    serve_app(create_app(store, accounts), host, port)
+
+
+OPEN_PATHS = ("/login", "/api/login", "/api/logout", "/logout")
+
+
+def _login_required(auth: WebAuth):
+    """The app-wide dependency: every route but the login routes needs a reviewer's session."""
+
+    def check(request: Request) -> None:
+        if request.url.path not in OPEN_PATHS:
+            request.state.user = auth.user(request)
+
+    return check
 
 
 def _status_filter(status: str | None) -> str | None:
@@ -159,7 +204,8 @@ header h1{font-size:17px;margin:0 12px 0 0}
 header a{color:#fff}
 header label{font-size:13px;opacity:.9}
 header input,header select{padding:4px 6px;border-radius:4px;border:1px solid #57606a;font:inherit}
-#reviewer.missing{outline:3px solid #ff8182}
+#reviewer{font-weight:600}
+header form.logout button{padding:2px 10px;font-size:13px;font-weight:500}
 .counts{display:flex;gap:6px;flex-wrap:wrap}
 .counts a{text-decoration:none;padding:2px 9px;border-radius:12px;background:#3d444d;font-size:13px}
 .counts a.on{background:#0969da}
@@ -200,15 +246,8 @@ JS = """
 (function(){
   const $ = id => document.getElementById(id);
   const root = $('review-root');
-  const reviewer = $('reviewer');
   const msg = $('status-msg');
   function show(text, isError){ msg.textContent = text; msg.className = isError ? 'error' : 'ok'; }
-  function remember(name){
-    try { localStorage.setItem('reviewer', name); } catch (e) {}
-    document.cookie = 'reviewer=' + encodeURIComponent(name) + '; path=/; max-age=31536000; SameSite=Lax';
-  }
-  if (!reviewer.value) { try { reviewer.value = localStorage.getItem('reviewer') || ''; } catch (e) {} }
-  reviewer.addEventListener('change', () => { const n = reviewer.value.trim(); if (n) { remember(n); reviewer.classList.remove('missing'); } });
   if (!root) return;
   const pid = root.dataset.pairId, mode = root.dataset.mode;
   const buttons = Array.from(document.querySelectorAll('.buttons button'));
@@ -216,11 +255,7 @@ JS = """
     location.href = mode === 'item' ? '/item/' + encodeURIComponent(pid) + '?' + q : '/?' + q; }
   function nextParams(extra){ return Object.assign({status: root.dataset.status, topic: root.dataset.topic, after: pid}, extra); }
   async function act(action){
-    const name = reviewer.value.trim();
-    if (!name) { reviewer.classList.add('missing'); reviewer.focus();
-      show('Enter your name in the Reviewer field before reviewing.', true); return; }
-    remember(name);
-    const body = {reviewer: name, action: action, note: $('note').value};
+    const body = {action: action, note: $('note').value};
     if (action === 'approve' || action === 'edit') { body.question = $('question').value; body.answer = $('answer').value; }
     buttons.forEach(b => b.disabled = true); show('Saving\\u2026', false);
     let resp, data = {};
@@ -247,7 +282,7 @@ def _page(store: ReviewStore, request: Request, item: dict | None, history: list
           topic: str, msg: str, error: bool = False) -> str:
     stats = store.stats()
     topics = store.topics()
-    reviewer = unquote(request.cookies.get("reviewer", ""))
+    reviewer = request.state.user.name
 
     def link(st: str) -> str:
         return "/?" + urlencode({"status": st, **({"topic": topic} if topic else {})})
@@ -262,8 +297,8 @@ def _page(store: ReviewStore, request: Request, item: dict | None, history: list
         f'<option value="{h(t)}"{" selected" if t == topic else ""}>{h(t) or "(none)"}</option>' for t in topics if t)
     header = f"""<header>
 <h1><a href="/" style="text-decoration:none">{TITLE}</a></h1>
-<label for="reviewer">Reviewer</label>
-<input id="reviewer" name="reviewer" placeholder="your name" autocomplete="name" value="{h(reviewer)}" required>
+<span>Reviewer <span id="reviewer">{h(reviewer)}</span></span>
+<form class="logout" method="post" action="/logout"><button type="submit" id="logout">Log out</button></form>
 <form id="filters" method="get" action="/" style="display:flex;gap:8px;align-items:center">
   <label for="filter-status">Status</label>
   <select id="filter-status" name="status" onchange="this.form.submit()">{status_opts}</select>

@@ -18,11 +18,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
+import numbers
 import random
+import re
 import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint, func, select
@@ -62,7 +65,9 @@ class Annotator(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     study: Mapped[str] = mapped_column(ForeignKey("he_studies.name"), index=True)
     name: Mapped[str] = mapped_column(String(100))
-    token_hash: Mapped[str] = mapped_column(String(64))
+    # An annotator logs in with an account's password (user_id, app.accounts) or with the study's token.
+    token_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = utc_column()
 
 
@@ -135,7 +140,8 @@ def deal(n_items: int, annotators: int, per_item: int, seed: int) -> list[list[i
 class HumanEvalStore:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine, self._session = open_database(url, Base.metadata, HumanEvalError, "human evaluation")
+        self.engine, self._session = open_database(url, Base.metadata, HumanEvalError, "human evaluation",
+                                                   migrations="human")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -143,8 +149,14 @@ class HumanEvalStore:
     # -- studies -----------------------------------------------------------------------------------
 
     def create_study(self, name: str, eval_run: Path, annotators: list[str], per_item: int = 2,
-                     examples: int = 20, seed: int = 0, pairwise: bool = True) -> dict[str, Any]:
-        """A study over ``examples`` examples of an evaluation run; returns the annotators' tokens."""
+                     examples: int = 20, seed: int = 0, pairwise: bool = True,
+                     accounts: dict[str, int] | None = None) -> dict[str, Any]:
+        """A study over ``examples`` examples of an evaluation run.
+
+        Annotators named in ``accounts`` (name -> account id, app.accounts) log in with their account's
+        password; every other annotator gets a login token, returned here once (only its hash is stored).
+        """
+        accounts = accounts or {}
         names = [a.strip() for a in annotators]
         if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise HumanEvalError(f"study name {name!r}: use letters, digits, '.', '-' or '_'")
@@ -169,7 +181,7 @@ class HumanEvalStore:
                                   "model_b": b, "answer_b": r[f"{b}__answer"]})
         rng.shuffle(items)
         dealt = deal(len(items), len(names), per_item, seed)
-        tokens = {a: secrets.token_urlsafe(12) for a in names}
+        tokens = {a: secrets.token_urlsafe(12) for a in names if a not in accounts}
         with self._session.begin() as s:
             if s.get(Study, name) is not None:
                 raise HumanEvalError(f"study {name!r} exists (ratings are never overwritten); pick another name")
@@ -177,7 +189,8 @@ class HumanEvalStore:
             # inserts by foreign keys.
             s.add(Study(name=name, eval_run=str(eval_run), models=json.dumps(models), per_item=per_item, seed=seed))
             s.flush()
-            people = [Annotator(study=name, name=a, token_hash=_hash(tokens[a])) for a in names]
+            people = [Annotator(study=name, name=a, token_hash=_hash(tokens[a]) if a in tokens else None,
+                                user_id=accounts.get(a)) for a in names]
             rows = [Item(study=name, **it) for it in items]
             s.add_all([*people, *rows])
             s.flush()
@@ -189,7 +202,7 @@ class HumanEvalStore:
                 rng.shuffle(ids)
                 s.add_all(Assignment(item_id=i, annotator_id=people[w].id, position=p) for p, i in enumerate(ids))
         return {"study": name, "items": len(items), "examples": len(table), "models": models, "per_item": per_item,
-                "tokens": tokens, "assignments": {a: len(queues[i]) for i, a in enumerate(names)}}
+                "tokens": tokens, "accounts": sorted(a for a in names if a in accounts), "assignments": {a: len(queues[i]) for i, a in enumerate(names)}}
 
     def _study(self, s, name: str) -> Study:
         st = s.get(Study, name)
@@ -209,13 +222,23 @@ class HumanEvalStore:
 
     # -- annotators ------------------------------------------------------------------------------
 
-    def login(self, study: str, name: str, token: str) -> int:
-        """The annotator's id when name and token match; HumanEvalError otherwise (same message either way)."""
+    def login(self, study: str, name: str, secret: str,
+              account_id: Callable[[str, str], int | None] | None = None) -> int:
+        """The annotator's id when ``secret`` is theirs; HumanEvalError otherwise (one message for every cause).
+
+        An annotator linked to an account proves it with the account's password: ``account_id(name,
+        password)`` returns the account's id (None when the password is wrong or the account may not
+        annotate). Any other annotator gives the study's token.
+        """
         with self._session() as s:
             a = s.scalar(select(Annotator).where(Annotator.study == study, Annotator.name == name))
-            if a is None or not hmac.compare_digest(a.token_hash, _hash(token or "")):
-                raise HumanEvalError("unknown study, annotator or token")
-            return a.id
+        if a is not None and a.user_id is not None:
+            ok = account_id is not None and account_id(name, secret or "") == a.user_id
+        else:
+            ok = a is not None and a.token_hash is not None and hmac.compare_digest(a.token_hash, _hash(secret or ""))
+        if not ok:
+            raise HumanEvalError("unknown study, annotator, password or token")
+        return a.id
 
     def open_session(self, annotator_id: int) -> str:
         """A new session id for a logged-in annotator (only its hash is stored)."""
@@ -293,26 +316,58 @@ class HumanEvalStore:
             raise HumanEvalError(f"item {item_id} is not assigned to you")
         return s.get(Item, item_id)
 
+    @staticmethod
+    def _scale_value(field: str, v: Any) -> int:
+        """A rubric score as an int in SCALE. Accepted: an int, a float with no fractional part (4.0, as
+        some JSON clients send), integer text ("4", as forms send). Refused, with the field and the range
+        named: a missing value, a boolean, a fractional or non-finite float, other text, anything else,
+        and a whole number outside the scale."""
+        allowed = f"{field} must be a whole number from {SCALE[0]} to {SCALE[1]}"
+        if v is None:
+            raise HumanEvalError(f"{allowed}; it is missing")
+        if isinstance(v, bool):
+            raise HumanEvalError(f"{allowed}, got the boolean {v!r}")
+        if isinstance(v, numbers.Integral):
+            n = int(v)
+        elif isinstance(v, numbers.Real):
+            if not math.isfinite(v) or not float(v).is_integer():
+                raise HumanEvalError(f"{allowed}, got {v!r}")
+            n = int(v)
+        elif isinstance(v, str):
+            if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", v):
+                raise HumanEvalError(f"{allowed}, got {v!r}")
+            n = int(v)
+        else:
+            raise HumanEvalError(f"{allowed}, got {type(v).__name__} {v!r}")
+        if not SCALE[0] <= n <= SCALE[1]:
+            raise HumanEvalError(f"{allowed}, got {n}")
+        return n
+
+    @classmethod
+    def _rating_values(cls, kind: str, scores: dict[str, Any]) -> dict[str, Any]:
+        """The columns of a rating of an item of ``kind``, every field checked (HumanEvalError on the
+        first refused one): a single item's three CRITERIA scores, a pair item's preference, and an
+        optional note (text, kept to 2000 characters). Other fields are ignored."""
+        note = scores.get("note")
+        if note is not None and not isinstance(note, str):
+            raise HumanEvalError(f"note must be text, got {type(note).__name__} {note!r}")
+        values: dict[str, Any] = {"note": (note or "")[:2000]}
+        if kind == "single":
+            for c in CRITERIA:
+                values[c] = cls._scale_value(c, scores.get(c))
+        else:
+            pref = scores.get("preference")
+            if not isinstance(pref, str) or pref not in PREFERENCES:
+                raise HumanEvalError(f"preference must be one of {list(PREFERENCES)}, got {pref!r}")
+            values["preference"] = pref
+        return values
+
     def rate(self, annotator_id: int, item_id: Any, scores: dict[str, Any]) -> dict[str, Any]:
-        """Record (or change) the annotator's rating of an item they were assigned."""
+        """Record (or change) the annotator's rating of an item they were assigned; every field is
+        checked first (:meth:`_rating_values`), and nothing is stored when one is refused."""
         with self._session.begin() as s:
             item = self._assigned(s, annotator_id, item_id)
-            values: dict[str, Any] = {"note": str(scores.get("note") or "")[:2000]}
-            if item.kind == "single":
-                for c in CRITERIA:
-                    v = scores.get(c)
-                    try:
-                        v = int(v)
-                    except (TypeError, ValueError):
-                        raise HumanEvalError(f"{c} must be a whole number from {SCALE[0]} to {SCALE[1]}, got {v!r}") from None
-                    if not SCALE[0] <= v <= SCALE[1]:
-                        raise HumanEvalError(f"{c} must be from {SCALE[0]} to {SCALE[1]}, got {v}")
-                    values[c] = v
-            else:
-                pref = scores.get("preference")
-                if pref not in PREFERENCES:
-                    raise HumanEvalError(f"preference must be one of {list(PREFERENCES)}, got {pref!r}")
-                values["preference"] = pref
+            values = self._rating_values(item.kind, scores)
             r = s.scalar(select(Rating).where(Rating.item_id == item.id, Rating.annotator_id == annotator_id))
             if r is None:
                 s.add(Rating(item_id=item.id, annotator_id=annotator_id, **values))

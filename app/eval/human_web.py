@@ -1,16 +1,17 @@
 """The human-evaluation web app: annotators log in and rate answers blind, one item at a time.
 
 Pages (plain HTML forms, no JavaScript needed):
-    GET  /login, POST /login     study, name and token -> a session cookie
+    GET  /login, POST /login     study, name and password (annotators with an account) or the
+                                 study's token (annotators without) -> a session cookie
     GET  /                       the next item assigned to you (or "all done"), with your progress
     POST /rate                   your rating of an item -> the next one
     GET  /logout
 API (the session as cookie or ``Authorization: Bearer <session>``):
-    POST /api/login {study, name, token} -> {"session": ...}
+    POST /api/login {study, name, token} -> {"session": ...}   (token: the password or the token)
     GET  /api/next                       the next item (blind) or null
     POST /api/rate {item_id, correctness, groundedness, helpfulness | preference, note}
     GET  /api/progress                   {"done", "total"}
-Errors are {"error": message}: 400 for bad input, 401 without a valid session.
+Errors are {"error": message}: 400 for bad input, 401 without a valid session or for a failed login.
 
 A single item shows one answer with three 1-5 scales; a pair item shows answers A and B side by
 side and asks which is better. Model names are never sent; everything shown is HTML-escaped.
@@ -32,7 +33,8 @@ from app.eval.human import (
     HumanEvalError,
     HumanEvalStore,
 )
-from app.web import answer_errors, h, html_document, json_error, new_app, serve_app
+from app.accounts import AccountStore, LoginFailed
+from app.web import answer_errors, h, html_document, json_error, new_app, read_json, serve_app
 
 COOKIE = "he_session"
 HINTS = {
@@ -46,8 +48,19 @@ class Unauthorized(Exception):
     pass
 
 
-def create_app(store: HumanEvalStore) -> FastAPI:
+def create_app(store: HumanEvalStore, accounts: AccountStore | None = None) -> FastAPI:
+    """The rating app over ``store``; annotators linked to an account log in against ``accounts``
+    (their password; the account needs the annotator role), the others with their study token."""
     app = new_app("Human evaluation")
+
+    def account_id(name: str, password: str) -> int | None:
+        if accounts is None:
+            return None
+        try:
+            user = accounts.authenticate(name, password)
+        except LoginFailed:
+            return None
+        return user.id if user.can("annotator") else None
 
     def who(request: Request) -> int:
         sid = request.cookies.get(COOKIE) or ""
@@ -60,7 +73,7 @@ def create_app(store: HumanEvalStore) -> FastAPI:
         return annotator
 
     def login(study: str, name: str, token: str) -> str:
-        return store.open_session(store.login(study.strip(), name.strip(), token.strip()))
+        return store.open_session(store.login(study.strip(), name.strip(), token, account_id))
 
     async def form(request: Request) -> dict[str, str]:
         body = (await request.body()).decode("utf-8", errors="replace")
@@ -78,8 +91,8 @@ def create_app(store: HumanEvalStore) -> FastAPI:
 
     async def json_object(request: Request, fields: str) -> dict[str, Any]:
         try:
-            body = await request.json()
-        except ValueError:
+            body = await read_json(request)
+        except ValueError:  # not JSON, nested too deeply, or text with a lone surrogate
             raise HumanEvalError(f"the body must be JSON: {fields}") from None
         if not isinstance(body, dict):
             raise HumanEvalError(f"the body must be a JSON object: {fields}")
@@ -88,7 +101,14 @@ def create_app(store: HumanEvalStore) -> FastAPI:
     @app.post("/api/login")
     async def api_login(request: Request) -> Any:
         body = await json_object(request, "{study, name, token}")
-        return {"session": login(str(body.get("study", "")), str(body.get("name", "")), str(body.get("token", "")))}
+        missing = [k for k in ("study", "name", "token") if not isinstance(body.get(k), str)]
+        if missing:  # a malformed body: 400
+            raise HumanEvalError(f"the body must be a JSON object {{study, name, token}} of strings; missing or "
+                                 f"not a string: {missing}")
+        try:
+            return {"session": login(body["study"], body["name"], body["token"])}
+        except HumanEvalError as exc:  # unknown study, annotator or token (one message for all three)
+            return json_error(401, str(exc))
 
     @app.get("/api/next")
     def api_next(request: Request) -> Any:
@@ -102,7 +122,7 @@ def create_app(store: HumanEvalStore) -> FastAPI:
     async def api_rate(request: Request) -> Any:
         annotator = who(request)
         body = await json_object(request, "{item_id, correctness, groundedness, helpfulness | preference, note}")
-        return store.rate(annotator, body.get("item_id"), body)
+        return store.rate(annotator, _item_id(body.get("item_id")), body)
 
     # -- pages -----------------------------------------------------------------------------------
 
@@ -140,19 +160,39 @@ def create_app(store: HumanEvalStore) -> FastAPI:
         annotator = who(request)
         f = await form(request)
         try:
-            store.rate(annotator, f.get("item_id"), f)
+            store.rate(annotator, _item_id(f.get("item_id")), f)
         except HumanEvalError as exc:
             me, progress = store.annotator(annotator), store.progress(annotator)
-            item = store.item_for(annotator, f.get("item_id")) if f.get("item_id", "").isdigit() else None
+            try:  # the form again, with the item when the id names one of yours
+                item = store.item_for(annotator, _item_id(f.get("item_id")))
+            except HumanEvalError:
+                item = None
             return HTMLResponse(_item_html(me, progress, item, str(exc), error=True), status_code=400)
         return RedirectResponse("/", status_code=303)
 
     return app
 
 
-def serve(store: HumanEvalStore, host: str = "127.0.0.1", port: int = 8766) -> None:
+def _item_id(value: Any) -> int:
+    """An item id as sent: a JSON integer (4.0 too, as some clients send) or a form's ASCII digits, from 1
+    to 2**63 - 1 (SQLite's integers: the store fails on larger ones); HumanEvalError otherwise (a
+    boolean, a fraction, Infinity, a number too large)."""
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+    text = value.strip() if isinstance(value, str) else ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if text.isascii() and text.isdigit():
+        value = int(text) if len(text) <= 19 else 2**63  # past the range (and int() of 4300+ digits raises)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise HumanEvalError(f"item id must be an integer, got {shown}")
+    if not 0 < value < 2**63:
+        raise HumanEvalError(f"item id must be from 1 to {2**63 - 1}, got {shown}")
+    return value
+
+
+def serve(store: HumanEvalStore, accounts: AccountStore, host: str = "127.0.0.1", port: int = 8766) -> None:
     """Run the human-evaluation app with uvicorn until interrupted."""
-    serve_app(create_app(store), host, port)
+    serve_app(create_app(store, accounts), host, port)
 
 
 # -- rendering ------------------------------------------------------------------------------------
@@ -177,7 +217,7 @@ def _login_html(msg: str) -> str:
 <form method="post" action="/login">
 <p><label>Study <input name="study" id="study" required></label></p>
 <p><label>Your name <input name="name" id="name" required></label></p>
-<p><label>Token <input name="token" id="token" type="password" required></label></p>
+<p><label>Password or study token <input name="token" id="token" type="password" required></label></p>
 <button type="submit" id="login">Log in</button></form>""")
 
 

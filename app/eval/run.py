@@ -64,8 +64,9 @@ def judge_definition(cfg: ExperimentConfig) -> str:
     assert j is not None
     where = j.model.url or "the project's Serve app"
     return (f"correct when the judge {j.model.model_id} ({where}, greedy, at most {j.max_new_tokens} tokens) replies "
-            "correct/yes to the configured prompt comparing the answer with the reference; no verdict, a failed "
-            "request or an empty answer count as incorrect.")
+            "correct/yes to the configured prompt comparing the answer with the reference (negated or partial "
+            "verdicts are incorrect); an empty answer counts as incorrect; replies without a verdict (abstentions, "
+            "contradictions, no verdict word) and failed judge requests are left out and counted.")
 
 
 def score(frame: pd.DataFrame, answers: list[str], cfg: ExperimentConfig) -> pd.DataFrame:
@@ -226,11 +227,32 @@ def create_study(cfg: ExperimentConfig, name: str, annotators: list[str], run: s
     h = cfg.evaluation.human
     run_name, _ = load_summary(cfg, run)
     store = human_store(cfg)
+    linked = study_accounts(cfg, annotators)
     try:
         return store.create_study(name, eval_root(cfg) / run_name, annotators, h.per_item, h.examples, cfg.seed,
-                                  h.pairwise)
+                                  h.pairwise, accounts=linked)
     finally:
         store.close()
+
+
+def study_accounts(cfg: ExperimentConfig, annotators: list[str]) -> dict[str, int]:
+    """The annotators that are enabled accounts with the annotator role (name -> account id): they log in
+    with their password; the others get a study token."""
+    from app.accounts import AccountError, AccountStore
+
+    accounts = AccountStore(cfg.accounts.url(cfg.paths.resolved_home()))
+    linked = {}
+    try:
+        for name in annotators:
+            try:
+                user = accounts.get(name.strip())
+            except AccountError:
+                continue
+            if user.can("annotator"):
+                linked[user.name] = user.id
+    finally:
+        accounts.close()
+    return linked
 
 
 def human_results(cfg: ExperimentConfig, study: str, progress: Callable[[str], None] = print) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Human evaluation in a real headless Chromium: two annotators log in and rate every item blind;
-the agreement figures computed from what they entered match a hand computation."""
+"""Human evaluation in a real headless Chromium: two annotators log in (one with the study's token,
+one with an account's password) and rate every item blind; the agreement figures computed from what
+they entered match a hand computation."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tests.unit.eval.test_human import eval_run
 
 pytestmark = pytest.mark.integration
 LEVELS = ("A", "B", "tie")
+BOB_PASSWORD = "bob's account password"
 
 
 def plan(who: str, item: int, kind: str) -> dict[str, str]:
@@ -28,11 +30,17 @@ def plan(who: str, item: int, kind: str) -> dict[str, str]:
 
 @pytest.fixture
 def study(tmp_path):
+    from app.accounts import AccountStore
+
     store = HumanEvalStore(f"sqlite:///{tmp_path / 'human.db'}")
-    made = store.create_study("pilot", eval_run(tmp_path / "run"), ["ann", "bob"], per_item=2, examples=4, seed=3)
-    with web_server(__import__("app.eval.human_web", fromlist=["create_app"]).create_app(store)) as base:
+    accounts = AccountStore(f"sqlite:///{tmp_path / 'accounts.db'}")
+    bob = accounts.add("bob", BOB_PASSWORD, ["annotator"])
+    made = store.create_study("pilot", eval_run(tmp_path / "run"), ["ann", "bob"], per_item=2, examples=4, seed=3,
+                              accounts={"bob": bob.id})
+    with web_server(__import__("app.eval.human_web", fromlist=["create_app"]).create_app(store, accounts)) as base:
         yield store, made, base
     store.close()
+    accounts.close()
 
 
 def rate_everything(driver, base: str, who: str, token: str) -> list[int]:
@@ -69,15 +77,16 @@ def test_two_annotators_rate_blind_and_agreement_matches_hand_computation(study,
     store, made, base = study
     # 4 examples x (2 single + 1 pair) items, both annotators on every item, in their own order.
     assert made["items"] == 12 and made["assignments"] == {"ann": 12, "bob": 12}
+    assert made["accounts"] == ["bob"] and set(made["tokens"]) == {"ann"}  # bob logs in with his password
     ann = rate_everything(browser, base, "ann", made["tokens"]["ann"])
-    bob = rate_everything(browser, base, "bob", made["tokens"]["bob"])
+    bob = rate_everything(browser, base, "bob", BOB_PASSWORD)
     assert sorted(ann) == sorted(bob) and ann != bob  # same items, shuffled per annotator
 
     # The API refuses bad input and strangers, and stores nothing for them.
     r = httpx.post(base + "/api/rate", json={"item_id": ann[0], "preference": "A"})
     assert r.status_code == 401
     r = httpx.post(base + "/api/login", json={"study": "pilot", "name": "ann", "token": "nope"})
-    assert r.status_code == 400 and "unknown study, annotator or token" in r.json()["error"]
+    assert r.status_code == 401 and "unknown study, annotator, password or token" in r.json()["error"]
     sid = httpx.post(base + "/api/login", json={"study": "pilot", "name": "ann", "token": made["tokens"]["ann"]}).json()["session"]
     r = httpx.post(base + "/api/rate", json={"item_id": ann[0], "correctness": 9, "preference": "maybe"},
                    headers={"Authorization": f"Bearer {sid}"})
@@ -129,12 +138,12 @@ def test_two_annotators_rate_blind_and_agreement_matches_hand_computation(study,
 
 def test_a_login_survives_a_server_restart(study):
     store, made, base = study
-    sid = httpx.post(base + "/api/login", json={"study": "pilot", "name": "bob", "token": made["tokens"]["bob"]}).json()["session"]
+    sid = httpx.post(base + "/api/login", json={"study": "pilot", "name": "bob", "token": BOB_PASSWORD}).json()["session"]
     auth = {"Authorization": f"Bearer {sid}"}
     before = httpx.get(base + "/api/next", headers=auth).json()
     restarted = HumanEvalStore(store.url)
     try:
-        with web_server(__import__("app.eval.human_web", fromlist=["create_app"]).create_app(restarted)) as again:
+        with web_server(__import__("app.eval.human_web", fromlist=["create_app"]).create_app(restarted)) as again:  # no accounts: sessions need none
             assert httpx.get(again + "/api/next", headers=auth).json() == before
             assert httpx.get(again + "/logout", cookies={"he_session": sid}, follow_redirects=False).status_code == 303
             assert httpx.get(again + "/api/next", headers=auth).status_code == 401

