@@ -19,7 +19,10 @@ Quality columns added by app.data.quality: score_* floats, accepted (bool), reje
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,12 +58,66 @@ def datasets_root(cfg: ExperimentConfig) -> Path:
     return cfg.paths.resolved_home() / "datasets" / cfg.data.name
 
 
+# A build writes its dataset into a hidden folder and renames it to its version when every file is
+# written, then points LATEST at it (replacing the file whole). A build killed half-way leaves at most
+# a hidden ``.partial-*`` folder, which nothing reads and the next build of the dataset removes; a
+# folder named as a version is complete, and LATEST names the last build that finished.
+PARTIAL_PREFIX = ".partial-"
+
+
 def latest_dataset(cfg: ExperimentConfig) -> Path:
     """Folder of the last successful build of the configured dataset."""
     pointer = datasets_root(cfg) / "LATEST"
     if not pointer.is_file():
         raise DatasetError(f"no build of dataset {cfg.data.name!r} under {datasets_root(cfg)}: run `app dataset build`")
-    return datasets_root(cfg) / pointer.read_text().strip()
+    version = pointer.read_text().strip()
+    path = datasets_root(cfg) / version
+    if not version or "/" in version or version.startswith(".") or not path.is_dir():
+        raise DatasetError(f"{pointer} names {version!r}, not a build of dataset {cfg.data.name!r} under "
+                           f"{datasets_root(cfg)}: run `app dataset build`")
+    return path
+
+
+def publish_latest(cfg: ExperimentConfig, version: str) -> None:
+    """Make ``version`` the latest build: LATEST is replaced whole, never seen empty or half-written."""
+    write_atomic(datasets_root(cfg) / "LATEST", version)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed over it: a reader (or a process
+    killed meanwhile) sees the old content or the new, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def partial_folder(cfg: ExperimentConfig, version: str) -> Path:
+    """Where a build writes ``version`` before renaming it into place (named by its host and pid)."""
+    return datasets_root(cfg) / f"{PARTIAL_PREFIX}{version}-{os.getpid()}-{socket.gethostname()}"
+
+
+def remove_stale_partials(cfg: ExperimentConfig) -> list[Path]:
+    """Remove the unfinished output folders of builds of this dataset that died on this host (their
+    process is gone); those of live builds, or of other hosts, stay. Returns the removed folders."""
+    root, host, removed = datasets_root(cfg), socket.gethostname(), []
+    for folder in sorted(root.glob(f"{PARTIAL_PREFIX}*")) if root.is_dir() else []:
+        # .partial-<yyyymmdd>-<hhmmss>-<hash>-<pid>-<host>
+        parts = folder.name[len(PARTIAL_PREFIX):].split("-", 4)
+        if len(parts) != 5 or not parts[3].isdigit() or parts[4] != host or _alive(int(parts[3])):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def origin_of(origin: str) -> str:

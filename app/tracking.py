@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 from app.config import ExperimentConfig, TrackingConfig, load_config
 from app.errors import AppError
+from app.secrets import redact
 
 # Deferred imports: mlflow, pandas are imported inside the functions that use them,
 # for start-up time: the modules that import this one (other stages, the tests, Ray workers) must
@@ -211,6 +212,89 @@ def start_run(
     tags: dict[str, str] | None = None,
     resume_run_id: str | None = None,
 ) -> Iterator[Any]:
+    """Open an MLflow run for one job (see :func:`_start_run` for what it records); the run ends
+    FINISHED when the block ends, FAILED (KILLED on Ctrl-C) when it raises.
+
+    A tracking server that stops answering while the stage runs ends the stage with a
+    :class:`TrackingError` naming the tracking URI (one line for the user, no traceback), whether
+    it happens while the run is opened, in the stage's own logging calls inside the block, or when
+    the run is closed. The stage's error, when it raised one, is kept: the failed run is then
+    closed without waiting on MLflow's retries if the server is gone. Stages write their outputs
+    to disk before they log them, so what they made stays there for a re-run.
+    """
+    import mlflow
+
+    try:
+        with _start_run(cfg, stage, config_path, inputs, run_name, tags, resume_run_id) as run:
+            try:
+                yield run
+            except BaseException as exc:
+                _end_failed_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+                raise
+    except AppError:
+        raise
+    except Exception as exc:
+        if not _tracking_failure(exc):
+            raise
+        raise _tracking_error(mlflow.get_tracking_uri(), stage, exc) from None
+
+
+def _tracking_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` came from talking to the tracking store (MLflow's client, its HTTP calls)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, (MlflowException, requests.RequestException))
+
+
+def _tracking_error(uri: str, stage: str, exc: BaseException) -> TrackingError:
+    text = " ".join(str(getattr(exc, "message", None) or exc).split())
+    if "Connection refused" in text or "NewConnectionError" in text:
+        reason = "connection refused"
+    elif "Max retries exceeded" in text or "timed out" in text.lower() or "timeout" in text.lower():
+        reason = "no answer"
+    else:
+        reason = text if len(text) <= 300 else text[:300] + "..."
+    if uri.startswith("http") and not _healthy(uri):
+        return TrackingError(
+            f"MLflow tracking server at {uri} stopped answering during the {stage} stage ({reason}); the stage's "
+            "outputs written so far stay on disk, its MLflow run is incomplete. Start the server again "
+            "(`app tracking up` for the local one) and re-run the stage")
+    return TrackingError(f"MLflow tracking at {uri} failed during the {stage} stage: {reason}")
+
+
+def _end_failed_run(status: str) -> None:
+    """Mark the active run ``status`` and close it. A server that does not answer is tried once, not
+    for the minutes MLflow's retries take (MLFLOW_HTTP_REQUEST_MAX_RETRIES): the run is closed here
+    either way, so the caller's error surfaces at once and nothing retries at exit."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"} \
+        if uri.startswith("http") and not _healthy(uri) else {}
+    saved = {k: os.environ.get(k) for k in quick}
+    os.environ.update(quick)
+    try:
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _start_run(
+    cfg: ExperimentConfig,
+    stage: str,
+    config_path: Path | None = None,
+    inputs: dict[str, str] | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    resume_run_id: str | None = None,
+) -> Iterator[Any]:
     """Open an MLflow run for one job and record its config, code and environment.
 
     ``inputs`` maps input names to content hashes (see :func:`hash_path`). ``resume_run_id``
@@ -218,13 +302,15 @@ def start_run(
     first logged and the resumed config is added as ``config/resumed-<time>.yaml``.
     """
     import mlflow
+    import yaml
 
     uri = connect(cfg)
     mlflow.set_experiment(cfg.tracking.experiment or cfg.name)
     if resume_run_id:
         with mlflow.start_run(run_id=resume_run_id) as run:
             mlflow.set_tags({"resumed": time.strftime("%Y-%m-%dT%H:%M:%S"), **(tags or {})})
-            mlflow.log_text(cfg.to_yaml(), f"config/resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+            mlflow.log_text(yaml.safe_dump(redact(cfg.to_dict()), sort_keys=False),
+                            f"config/resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
             yield run
         return
     git = git_state()
@@ -241,8 +327,9 @@ def start_run(
             **{f"input.{k}.sha256": v for k, v in (inputs or {}).items()},
             **(tags or {}),
         })
-        mlflow.log_params(cfg.flat())
-        mlflow.log_text(cfg.to_yaml(), CONFIG_ARTIFACT)
+        # Secret-looking values (an hf_token in engine_kwargs) never reach the tracking server.
+        mlflow.log_params(redact(cfg.flat()))
+        mlflow.log_text(yaml.safe_dump(redact(cfg.to_dict()), sort_keys=False), CONFIG_ARTIFACT)
         if config_path is not None and Path(config_path).is_file():
             mlflow.log_artifact(str(config_path), "config/source")
         mlflow.log_dict(versions, "environment/packages.json")

@@ -43,9 +43,18 @@ from app.data.splits import (
     leakage_message,
     near_duplicate_links,
 )
-from app.datasets import PAIR_KEYS, DatasetError, datasets_root, normalize_text
+from app.datasets import (
+    PAIR_KEYS,
+    DatasetError,
+    datasets_root,
+    normalize_text,
+    partial_folder,
+    publish_latest,
+    remove_stale_partials,
+    write_atomic,
+)
 from app.embed import embed
-from app.endpoint import ChatRequester, base_url, bearer, external_endpoint
+from app.endpoint import ChatRequester, base_url, bearer, external_endpoint, serving_key
 from app.model_store import model_store
 from app.serving.builder import engine_args
 from app.serving.manager import ensure_served, remove_app
@@ -360,7 +369,7 @@ def endpoint(cfg: ExperimentConfig) -> tuple[str, str | None]:
     if g.backend == "http":
         base, key = external_endpoint(g.url, g.api_key_env, "data.generation", DatasetError)
     else:
-        base, key = base_url(cfg.serving) + "/v1", cfg.serving.api_key
+        base, key = base_url(cfg.serving) + "/v1", serving_key(cfg.serving)
     try:  # liveness only: which models it lists is not checked here
         httpx.get(base + "/models", headers=bearer(key), timeout=10).raise_for_status()
     except httpx.HTTPError as exc:
@@ -575,7 +584,8 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
         synced = store.sync([r for r in scored[list(PAIR_KEYS) + ["accepted", "reject_reason"]].to_dict("records")
                              if r["question"] and r["answer"]], dataset=d.name, build=manifest["version"])
         manifest["review_sync"] = synced
-        (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        write_atomic(out_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
+        progress(f"  dataset written to {out_dir}; logging it to MLflow")
 
         wall = time.time() - t0
         metrics = {"pairs_total": len(accepted), "chunks": len(chunks), "documents": len(docs), "files_skipped": len(skipped),
@@ -602,7 +612,7 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
             raise DatasetError(f"the build kept {len(accepted)} pairs ({len(splits['test'])} in test), below "
                                f"data.target_pairs={d.target_pairs} / data.min_test_pairs={d.min_test_pairs}; "
                                f"see {out_dir / 'manifest.json'} for the reject reasons per generator")
-    (datasets_root(cfg) / "LATEST").write_text(manifest["version"])
+    publish_latest(cfg, manifest["version"])
     progress(f"dataset {d.name} {manifest['version']}: " + ", ".join(f"{s} {len(v)}" for s, v in splits.items())
              + f"; written to {out_dir}")
     return summary
@@ -611,12 +621,19 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
 def write_dataset(cfg: ExperimentConfig, root: Path, splits: dict[str, list[dict]], scored: pd.DataFrame,
                   chunks: pd.DataFrame, docs: list[dict], skipped: list[dict], leaks: list[dict],
                   extra: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """Parquet + JSONL per split, the rejected pairs, the chunk index and the manifest."""
+    """Parquet + JSONL per split, the rejected pairs, the chunk index and the manifest.
+
+    Written into a hidden folder renamed to the version at the end: a build killed meanwhile never
+    leaves a folder that looks like a complete version (:mod:`app.datasets`)."""
     canonical = json.dumps({s: [{k: r[k] for k in ("pair_id", "question", "answer", "context")} for r in v]
                             for s, v in splits.items()}, sort_keys=True, ensure_ascii=False)
     content_hash = hashlib.sha256(canonical.encode()).hexdigest()
     version = f"{time.strftime('%Y%m%d-%H%M%S')}-{content_hash[:8]}"
-    out = datasets_root(cfg) / version
+    final = datasets_root(cfg) / version
+    if final.exists():
+        raise DatasetError(f"{final} already exists (two builds of the same pairs in the same second?); run it again")
+    remove_stale_partials(cfg)
+    out = partial_folder(cfg, version)
     out.mkdir(parents=True, exist_ok=False)
     for split, rows in splits.items():
         frame = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
@@ -643,4 +660,5 @@ def write_dataset(cfg: ExperimentConfig, root: Path, splits: dict[str, list[dict
         "files": sorted(p.name for p in out.iterdir()), **extra,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-    return out, manifest
+    out.rename(final)
+    return final, manifest

@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from app.db import iso, open_database, utc_column, utc_now
+from app.db import iso, open_database, utc_column, utc_now, write_session
 from app.errors import AppError
 
 STATUSES = ("pending", "approved", "edited", "rejected")
@@ -44,7 +44,7 @@ SOURCE_FIELDS = ("generator", "origin", "topic", "doc_id", "doc_path", "doc_titl
 ITEM_FIELDS = ("pair_id", "dataset", "status", "question", "answer", "orig_question", "orig_answer", "reviewer",
                "reviewed_at", "note", *SOURCE_FIELDS, "auto_accepted", "reject_reason", "first_seen_build",
                "last_seen_build", "created_at")
-EVENT_FIELDS = ("id", "pair_id", "reviewer", "action", "status_before", "status_after", "question_before",
+EVENT_FIELDS = ("id", "pair_id", "reviewer", "user_id", "action", "status_before", "status_after", "question_before",
                 "question_after", "answer_before", "answer_after", "note", "created_at")
 
 
@@ -96,6 +96,8 @@ class ReviewEvent(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     pair_id: Mapped[str] = mapped_column(ForeignKey("review_items.pair_id"), index=True)
     reviewer: Mapped[str] = mapped_column(String(200))
+    # The authenticated account (app.accounts) that acted; None for events from before accounts existed.
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     action: Mapped[str] = mapped_column(String(16))
     status_before: Mapped[str] = mapped_column(String(16), default="")
     status_after: Mapped[str] = mapped_column(String(16), default="")
@@ -137,7 +139,8 @@ class ReviewStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine, self._session = open_database(url, Base.metadata, ReviewError, "review")
+        self.engine, self._session = open_database(url, Base.metadata, ReviewError, "review",
+                                                   migrations="review")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -193,7 +196,7 @@ class ReviewStore:
         A pending item whose text a reviewer changed (then reopened) keeps that text too.
         """
         counts = {"new": 0, "refreshed": 0, "kept_reviewed": 0}
-        with self._session() as session, session.begin():
+        with write_session(self._session) as session:
             seen: dict[str, ReviewItem] = {}
             batch: list[dict] = []
 
@@ -258,13 +261,17 @@ class ReviewStore:
     # -- reviewing --------------------------------------------------------------------------------
 
     def review(self, pair_id: str, reviewer: str, action: str, question: str | None = None,
-               answer: str | None = None, note: str = "") -> dict[str, Any]:
-        """Apply a reviewer's action (approve, edit, reject, reopen) and log it; return the item."""
+               answer: str | None = None, note: str = "", user_id: int | None = None) -> dict[str, Any]:
+        """Apply a reviewer's action (approve, edit, reject, reopen) and log it; return the item.
+
+        ``reviewer`` is the acting account's name and ``user_id`` its id (app.accounts): the web app and
+        the CLI pass the authenticated account, never a name typed into a form.
+        """
         reviewer = _clean_reviewer(reviewer)
         if action not in ACTIONS:
             raise ReviewError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
         note = _text(note).strip()
-        with self._session() as session, session.begin():
+        with write_session(self._session) as session:
             item = self._item(session, pair_id)
             new_q, new_a = item.question, item.answer
             if action == "edit":
@@ -291,14 +298,15 @@ class ReviewStore:
                 if action == "reopen" and item.status == "pending":
                     raise ReviewError(f"pair {pair_id} is already pending")
                 status = {"approve": "approved", "reject": "rejected", "reopen": "pending"}[action]
-            self._apply(session, item, reviewer, action, status, new_q, new_a, note)
+            self._apply(session, item, reviewer, action, status, new_q, new_a, note, user_id)
             return _item_dict(item)
 
     @staticmethod
     def _apply(session: Session, item: ReviewItem, reviewer: str, action: str, status: str, question: str,
-               answer: str, note: str | None) -> None:
+               answer: str, note: str | None, user_id: int | None = None) -> None:
         now = utc_now()
-        session.add(ReviewEvent(pair_id=item.pair_id, reviewer=reviewer, action=action, status_before=item.status,
+        session.add(ReviewEvent(pair_id=item.pair_id, reviewer=reviewer, user_id=user_id, action=action,
+                                status_before=item.status,
                                 status_after=status, question_before=item.question, question_after=question,
                                 answer_before=item.answer, answer_after=answer, note=note or "", created_at=now))
         item.status, item.question, item.answer = status, question, answer
@@ -403,13 +411,14 @@ class ReviewStore:
                 n += 1
         return n
 
-    def import_jsonl(self, path: str | Path, reviewer: str | None = None) -> dict[str, int]:
+    def import_jsonl(self, path: str | Path, reviewer: str | None = None,
+                     user_id: int | None = None) -> dict[str, int]:
         """Apply an offline reviewer's file: every line is checked first, then all are applied or none.
 
         Each line needs ``pair_id`` and ``status`` (approved, edited, rejected or pending) and may carry
         ``question``, ``answer``, ``reviewer`` and ``note``. The ``reviewer`` argument, when given, is
-        recorded for every change (it overrides the lines' reviewer, which in an exported file names the
-        previous reviewer). Changed text needs status ``edited``. A line equal to the current state changes
+        recorded for every change with ``user_id`` (it overrides the lines' reviewer, which in an exported
+        file names the previous reviewer; ``app dataset review import`` always passes an account). Changed text needs status ``edited``. A line equal to the current state changes
         nothing. Returns {lines, changed, unchanged}.
         """
         path = Path(path)
@@ -419,7 +428,7 @@ class ReviewStore:
             raise ReviewError(f"cannot read {path}: {exc}") from None
         default_reviewer = reviewer.strip() if isinstance(reviewer, str) and reviewer.strip() else None
         counts = {"lines": 0, "changed": 0, "unchanged": 0}
-        with self._session() as session, session.begin():
+        with write_session(self._session) as session:
             plan: list[tuple[ReviewItem, str, str, str, str, str | None]] = []
             first_line: dict[str, int] = {}
             for n, line in enumerate(lines, 1):
@@ -481,7 +490,8 @@ class ReviewStore:
                 plan.append((item, who, status, new["question"], new["answer"], note))
                 counts["lines"] += 1
             for item, who, status, question, answer, note in plan:
-                self._apply(session, item, who, "import", status, question, answer, note)
+                self._apply(session, item, who, "import", status, question, answer, note,
+                            user_id if default_reviewer else None)
                 counts["changed"] += 1
         return counts
 
