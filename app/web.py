@@ -83,16 +83,22 @@ class RequestLimits:
                 return await _refuse(send, 413, f"request body exceeds the limit of {self.max_body_bytes} bytes")
             chunks.append(chunk)
             more = message.get("more_body", False)
-        raw, replayed = b"".join(chunks), False
+        return await self.app(scope, replaying(b"".join(chunks), receive), send)
 
-        async def replay() -> dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            return await receive()
 
-        return await self.app(scope, replay, send)
+def replaying(raw: bytes, receive: Callable) -> Callable:
+    """An ASGI ``receive`` that gives a body already read (``raw``) once, then defers to ``receive``
+    (for the disconnect message): middleware that reads a body to check it hands the app this."""
+    replayed = False
+
+    async def replay() -> dict:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def _cross_origin(headers: dict[str, str]) -> str | None:

@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from app.web import replaying
+
 GENERATION_ROUTES = ("/v1/chat/completions", "/v1/completions")
 TOKEN_ROUTES = ("/tokenize", "/detokenize")
 CHECKED_ROUTES = GENERATION_ROUTES + TOKEN_ROUTES
@@ -437,16 +439,7 @@ class RequestGuard:
                     if method == "POST" and route in CHECKED_ROUTES:
                         problem = check_body(route, raw, self.known_models, self.limits)
                     if problem is None:
-                        replayed = False
-
-                        async def replay() -> dict:
-                            nonlocal replayed
-                            if not replayed:
-                                replayed = True
-                                return {"type": "http.request", "body": raw, "more_body": False}
-                            return await receive()
-
-                        return await self.app(scope, replay, send)
+                        return await self.app(scope, replaying(raw, receive), send)
         if problem is None:
             return await self.app(scope, receive, send)
         payload = problem.body()
