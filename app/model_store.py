@@ -328,7 +328,8 @@ def _download_hub(repo_id: str, out_dir: Path, progress: Callable[[str], None]) 
         )
     except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear message
         raise ModelStoreError(
-            f"could not download {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
+            # The hub's message may span lines; an error is reported as one line.
+            f"could not download {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {' '.join(str(exc).split())}). "
             f"On machines without hub access set model.source to a local checkpoint directory or .gguf file."
         ) from None
 
