@@ -285,6 +285,13 @@ def _end_failed_run(status: str) -> None:
                 os.environ[k] = v
 
 
+def _logged_yaml(cfg: ExperimentConfig) -> str:
+    """The config as a run stores it: :meth:`ExperimentConfig.to_yaml`'s text with secret-looking values masked."""
+    import yaml
+
+    return yaml.safe_dump(redact(cfg.to_dict()), sort_keys=False)
+
+
 @contextlib.contextmanager
 def _start_run(
     cfg: ExperimentConfig,
@@ -302,15 +309,13 @@ def _start_run(
     first logged and the resumed config is added as ``config/resumed-<time>.yaml``.
     """
     import mlflow
-    import yaml
 
     uri = connect(cfg)
     mlflow.set_experiment(cfg.tracking.experiment or cfg.name)
     if resume_run_id:
         with mlflow.start_run(run_id=resume_run_id) as run:
             mlflow.set_tags({"resumed": time.strftime("%Y-%m-%dT%H:%M:%S"), **(tags or {})})
-            mlflow.log_text(yaml.safe_dump(redact(cfg.to_dict()), sort_keys=False),
-                            f"config/resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+            mlflow.log_text(_logged_yaml(cfg), f"config/resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
             yield run
         return
     git = git_state()
@@ -329,7 +334,7 @@ def _start_run(
         })
         # Secret-looking values (an hf_token in engine_kwargs) never reach the tracking server.
         mlflow.log_params(redact(cfg.flat()))
-        mlflow.log_text(yaml.safe_dump(redact(cfg.to_dict()), sort_keys=False), CONFIG_ARTIFACT)
+        mlflow.log_text(_logged_yaml(cfg), CONFIG_ARTIFACT)
         if config_path is not None and Path(config_path).is_file():
             mlflow.log_artifact(str(config_path), "config/source")
         mlflow.log_dict(versions, "environment/packages.json")

@@ -145,6 +145,14 @@ LOGIN_FIRST = ("log in first: POST /api/login {name, password}, then send the se
                "'Authorization: Bearer <session>'")
 
 
+def session_id(request: Request, cookie: str) -> str:
+    """The session id a request carries: ``Authorization: Bearer <id>`` (scripts), else the ``cookie`` (pages)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.cookies.get(cookie, "")
+
+
 class NotLoggedIn(Exception):
     """No valid session: 401 for the API, the login page for a page."""
 
@@ -165,10 +173,7 @@ class WebAuth:
         self.accounts, self.role, self.cookie, self.title = accounts, role, cookie, title
 
     def session_id(self, request: Request) -> str:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-        return request.cookies.get(self.cookie, "")
+        return session_id(request, self.cookie)
 
     def refusal(self, request: Request) -> JSONResponse | None:
         """The 401 or 403 answer :meth:`user` leads to for ``request``, or None when it is logged in with
@@ -313,4 +318,4 @@ def html_document(title: str, body: str, *, css: str = "", script: str = "") -> 
 
 
 __all__ = ["new_app", "RequestLimits", "WebAuth", "NotLoggedIn", "Forbidden", "json_error", "answer_errors",
-           "http_error", "read_json", "serve_app", "h", "html_document", "AccountError"]
+           "http_error", "read_json", "session_id", "serve_app", "h", "html_document", "AccountError"]

@@ -72,10 +72,9 @@ def human_create(study: str, annotators: Annotated[str, typer.Option(help="Comma
 def human_serve(config: ConfigOpt = None, set_: SetOpt = None,
                 host: HostOpt = "127.0.0.1", port: PortOpt = 8766) -> None:
     """Serve the rating page until Ctrl-C."""
+    from app.cli.users import open_accounts
     from app.eval.human_web import serve
     from app.eval.run import human_store
-
-    from app.cli.users import open_accounts
 
     cfg = load(config, set_)
     store, accounts = human_store(cfg), open_accounts(config, set_)

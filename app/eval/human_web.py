@@ -25,6 +25,7 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from app.accounts import AccountStore, LoginFailed
 from app.eval.human import (
     CRITERIA,
     PREFERENCES,
@@ -33,8 +34,7 @@ from app.eval.human import (
     HumanEvalError,
     HumanEvalStore,
 )
-from app.accounts import AccountStore, LoginFailed
-from app.web import answer_errors, h, html_document, json_error, new_app, read_json, serve_app
+from app.web import answer_errors, h, html_document, json_error, new_app, read_json, serve_app, session_id
 
 COOKIE = "he_session"
 HINTS = {
@@ -63,11 +63,7 @@ def create_app(store: HumanEvalStore, accounts: AccountStore | None = None) -> F
         return user.id if user.can("annotator") else None
 
     def who(request: Request) -> int:
-        sid = request.cookies.get(COOKIE) or ""
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            sid = auth[7:].strip()
-        annotator = store.session_annotator(sid)
+        annotator = store.session_annotator(session_id(request, COOKIE))
         if annotator is None:
             raise Unauthorized()
         return annotator
