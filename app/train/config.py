@@ -45,6 +45,26 @@ RESUMABLE_CHANGES = ("max_steps", "eval_every", "keep_checkpoints", "max_failure
                      "init_weights_only", "eval_at_start", "cpus_per_worker")
 
 
+class QatConfig(Section):
+    """The INT4 scheme quantization-aware training fakes (``training.qat``); ``app quantize`` sets it
+    from its own section so the fake quantizer and the packed variant agree."""
+
+    scheme: Literal["W4A16", "W4A16_ASYM"] = Field("W4A16_ASYM", description="W4A16 symmetric, or with zero points.")
+    group_size: PositiveInt = Field(64, description="Input channels sharing a scale (must divide every layer's width).")
+    ignore: list[str] = Field(default_factory=lambda: ["lm_head"], description="Layers left unquantized.")
+
+    @field_validator("group_size")
+    @classmethod
+    def _multiple_of_8(cls, v: int) -> int:
+        if v < 8 or v % 8:
+            raise ValueError(f"group_size must be a multiple of 8 (INT4 values are packed eight to a word), got {v}")
+        return v
+
+    @property
+    def symmetric(self) -> bool:
+        return self.scheme == "W4A16"
+
+
 class TrainingConfig(Section):
     """LoRA fine-tuning on Ray Train with DeepSpeed: optimizer, schedule, scale, validation, checkpoints."""
 
@@ -115,6 +135,10 @@ class TrainingConfig(Section):
     compare_on_validation: bool = Field(
         True, description="After training, answer the validation split with the base and the fine-tuned model the "
         "same way (greedy, val_max_new_tokens, model.dtype) and report both domain accuracies.")
+    qat: QatConfig | None = Field(
+        None, description="Quantization-aware training: every non-ignored Linear computes with the INT4 "
+        "fake-quantized merged weight (base + adapter) of this scheme (app/train/qat.py); None: off. "
+        "`app quantize run` sets it for its QAT variant.")
     compare_samples: PositiveInt | None = Field(
         None, description="Validation examples in that comparison (a fixed topic-stratified sample); None: all.")
 

@@ -381,6 +381,12 @@ def train_loop_per_worker(raw: dict[str, Any]) -> None:
     if restored is None and args.init_from and cfg.training.init_weights_only:
         init_step = load_adapter_weights(model, Path(args.init_from), args)
         log(f"adapter weights from {args.init_from} (its step {init_step}); optimizer and schedule start fresh")
+    if t.qat is not None:
+        from app.train.qat import apply_qat
+
+        counts = apply_qat(model, t.qat)
+        log(f"QAT: INT4 {t.qat.scheme} g{t.qat.group_size} fake quantization on {counts['lora_layers']} adapted and "
+            f"{counts['frozen_layers']} frozen Linear layers")
     n_trainable = sum(p.numel() for p in _trainable(model))
     optimizer = torch.optim.AdamW(_trainable(model), lr=t.lr, betas=t.betas, eps=t.eps, weight_decay=t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t))
