@@ -2,7 +2,7 @@
 
 The sections shared by every stage (paths, model, ray, prompt, tracking) are here; each stage's
 own section lives with its stage (``app/data/config.py``, ``app/train/config.py``,
-``app/eval/config.py``, ``app/serving/config.py``), built on :class:`app.sections.Section`.
+``app/eval/config.py``, ``app/serving/config.py``, ``app/quantize/config.py``), built on :class:`app.sections.Section`.
 
 Loaded from YAML, overridden from the command line (``--set training.lr=1e-4``), validated once
 at the entry of every job and CLI command, then passed on as typed objects. Unknown keys are
@@ -31,6 +31,7 @@ from pydantic import (
 from app.data.config import DataConfig
 from app.errors import ConfigError
 from app.eval.config import EvaluationConfig
+from app.quantize.config import QuantizeConfig
 from app.secrets import MASK, is_secret_name
 from app.sections import Section
 from app.serving.config import (
@@ -154,6 +155,7 @@ class ExperimentConfig(Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     serve_sweep: ServeSweepConfig = Field(default_factory=ServeSweepConfig)
+    quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     accounts: AccountsConfig = Field(default_factory=AccountsConfig)
 

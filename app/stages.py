@@ -40,7 +40,8 @@ class Stage:
 
 # Artifacts: base_model (a store entry), documents (data.docs_dir or the embedded corpus),
 # dataset (a dataset build), finetuned_model (a store entry with its adapter), tune_result (the best
-# LoRA settings), eval_report (an evaluation run), serve_config (the tuned Serve config).
+# LoRA settings), eval_report (an evaluation run), serve_config (the tuned Serve config),
+# quantized_models (INT4 store entries), quantize_report (their analysis and accuracy drops).
 REGISTRY: dict[str, Stage] = {s.name: s for s in (
     Stage("prepare_model", "Put the base model into the store, probe it on a Ray worker, record it in MLflow.",
           "app.prepare.run:prepare_model", reads=("model", "lora", "ray"),
@@ -60,6 +61,12 @@ REGISTRY: dict[str, Stage] = {s.name: s for s in (
     Stage("evaluate", "Evaluation of several models: metrics with intervals, paired tests, a report.",
           "app.eval.run:evaluate", reads=("seed", "model", "ray", "data", "prompt", "training", "evaluation", "serving"),
           consumes=("base_model", "finetuned_model", "dataset"), produces=("eval_report",)),
+    # Runs the finetune stage (QAT) and the evaluate stage (accuracy drops): it reads what they read.
+    Stage("quantize", "INT4 variants (AWQ, GPTQ via llm-compressor; QAT), error analysis, accuracy drop vs bf16.",
+          "app.quantize.run:quantize_models",
+          reads=("name", "seed", "model", "ray", "data", "prompt", "lora", "training", "evaluation", "serving",
+                 "quantize"),
+          consumes=("base_model", "finetuned_model", "dataset"), produces=("quantized_models", "quantize_report")),
 )}
 
 # Stages `app rerun` can re-run, by the `app.stage` tag of their MLflow run.

