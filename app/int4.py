@@ -28,10 +28,11 @@ def is_ignored(name: str, ignore: list[str] | tuple[str, ...]) -> bool:
     return False
 
 
-def fake_quantize(weight: Any, group_size: int, symmetric: bool, num_bits: int = 4) -> Any:
-    """Round-to-nearest INT4 with min-max scales per group of ``group_size`` input channels, dequantized
-    (same shape and dtype as ``weight``): scale = max|w| / 7.5 symmetric, (max - min) / 15 with an
-    integer zero point asymmetric, the range always including 0, computed in the weight's dtype."""
+def int4_codes(weight: Any, group_size: int, symmetric: bool, num_bits: int = 4) -> tuple[Any, Any, Any]:
+    """(codes, zero points, scales) per group of ``group_size`` input channels, grouped as
+    ``(out, in / group_size, group_size)``: round-to-nearest with min-max scales, the range always
+    including 0 (scale = max|w| / 7.5 symmetric, (max - min) / 15 with an integer zero point
+    asymmetric), computed in the weight's dtype as compressed-tensors computes it."""
     import torch
 
     out_f, in_f = weight.shape
@@ -50,8 +51,13 @@ def fake_quantize(weight: Any, group_size: int, symmetric: bool, num_bits: int =
         scale = (hi - lo) / (qmax - qmin)
         scale = torch.where(scale == 0, torch.full_like(scale, tiny), scale)
         zp = torch.round(torch.clamp(qmin - lo / scale, qmin, qmax))
-    q = torch.clamp(torch.round(w / scale + zp), qmin, qmax)
-    return ((q - zp) * scale).reshape(out_f, in_f)
+    return torch.clamp(torch.round(w / scale + zp), qmin, qmax), zp, scale
+
+
+def fake_quantize(weight: Any, group_size: int, symmetric: bool, num_bits: int = 4) -> Any:
+    """:func:`int4_codes` dequantized: the INT4 weight (same shape and dtype as ``weight``)."""
+    q, zp, scale = int4_codes(weight, group_size, symmetric, num_bits)
+    return ((q - zp) * scale).reshape(weight.shape)
 
 
 def fake_quantize_ste(weight: Any, group_size: int, symmetric: bool, num_bits: int = 4) -> Any:

@@ -15,3 +15,12 @@ class Section(BaseModel):
 
 def duplicates(items: list[str]) -> list[str]:
     return sorted({m for m in items if items.count(m) > 1})
+
+
+def int4_group_size(v: int) -> int:
+    """The rule for an INT4 group size (``quantize.group_size``, ``training.qat.group_size``): packed
+    eight values to an int32 word, so a multiple of 8. Whether it divides the model's layers is checked
+    against the model where one is at hand."""
+    if v < 8 or v % 8:
+        raise ValueError(f"group_size must be a multiple of 8 (INT4 values are packed eight to a word), got {v}")
+    return v

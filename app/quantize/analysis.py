@@ -258,24 +258,11 @@ def rtn_dequantized(weight: Any, group_size: int, symmetric: bool, num_bits: int
     fake_quantize exactly (checked in the tests)."""
     import torch
 
+    from app.int4 import int4_codes
+
     w = weight.to(torch.bfloat16)
-    out_f, in_f = w.shape
-    g = w.reshape(out_f, in_f // group_size, group_size)
-    qmin, qmax = -(2 ** (num_bits - 1)), 2 ** (num_bits - 1) - 1
-    lo = torch.clamp(g.amin(dim=-1, keepdim=True), max=0)
-    hi = torch.clamp(g.amax(dim=-1, keepdim=True), min=0)
-    tiny = torch.finfo(w.dtype).eps
-    if symmetric:
-        scale = torch.maximum(lo.abs(), hi) / ((qmax - qmin) / 2)
-        scale = torch.where(scale == 0, torch.full_like(scale, tiny), scale)
-        zp = torch.zeros_like(scale)
-    else:
-        scale = (hi - lo) / (qmax - qmin)
-        scale = torch.where(scale == 0, torch.full_like(scale, tiny), scale)
-        zp = torch.round(torch.clamp(qmin - lo / scale, qmin, qmax))
-    q = torch.clamp(torch.round(g / scale + zp), qmin, qmax)  # up to here: fake_quantize, line for line
-    out = ((q.float() - zp.float()) * scale.float()).reshape(out_f, in_f)
-    return out
+    q, zp, scale = int4_codes(w, group_size, symmetric, num_bits)
+    return ((q.float() - zp.float()) * scale.float()).reshape(w.shape)
 
 
 def survival(wq: Any, w_source: Any, w_base: Any, q_base: Any) -> dict[str, float] | None:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 
-from app.sections import Section, duplicates
+from app.sections import Section, duplicates, int4_group_size
 
 METHODS = ("awq", "gptq", "rtn")
 
@@ -72,12 +72,7 @@ class QuantizeConfig(Section):
             raise ValueError(f"methods listed twice: {dupes}")
         return v
 
-    @field_validator("group_size")
-    @classmethod
-    def _even(cls, v: int) -> int:
-        if v < 8 or v % 8:
-            raise ValueError(f"group_size must be a multiple of 8 (INT4 values are packed eight to a word), got {v}")
-        return v
+    _group_size = field_validator("group_size")(classmethod(lambda cls, v: int4_group_size(v)))
 
     @property
     def symmetric(self) -> bool:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from app.sections import Section, duplicates
+from app.sections import Section, duplicates, int4_group_size
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -53,12 +53,7 @@ class QatConfig(Section):
     group_size: PositiveInt = Field(64, description="Input channels sharing a scale (must divide every layer's width).")
     ignore: list[str] = Field(default_factory=lambda: ["lm_head"], description="Layers left unquantized.")
 
-    @field_validator("group_size")
-    @classmethod
-    def _multiple_of_8(cls, v: int) -> int:
-        if v < 8 or v % 8:
-            raise ValueError(f"group_size must be a multiple of 8 (INT4 values are packed eight to a word), got {v}")
-        return v
+    _group_size = field_validator("group_size")(classmethod(lambda cls, v: int4_group_size(v)))
 
     @property
     def symmetric(self) -> bool:
