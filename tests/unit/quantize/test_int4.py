@@ -163,3 +163,18 @@ def test_accuracy_drop_is_source_minus_variant_with_the_paired_interval():
     assert v["relative_drop"] == pytest.approx(0.10) and v["relative_ci"] == pytest.approx([-0.04, 0.24])
     assert (v["p_value"], v["n"]) == (0.2, 50)
     assert json.loads(json.dumps(out))["target"] == {"size_reduction": 0.4, "max_relative_drop": 0.02}
+
+
+def test_a_missing_quantization_environment_names_the_fix(monkeypatch, tmp_path):
+    from app.quantize.env import ENV_VAR, QuantEnvError, probe
+
+    with pytest.raises(QuantEnvError, match=r"quantize.python: /nonexistent/python\) does not exist; create it with "
+                                            r"`bash scripts/bootstrap.sh`"):
+        quant_python("/nonexistent/python")
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "none"))
+    with pytest.raises(QuantEnvError, match=ENV_VAR):
+        quant_python(None)
+    import sys
+
+    with pytest.raises(QuantEnvError, match="has no llm-compressor"):  # the app's own venv: no llm-compressor
+        probe(Path(sys.executable))

@@ -1,0 +1,180 @@
+"""INT4 quantization for real: llm-compressor AWQ and GPTQ in the quantization environment, QAT on
+Ray Train, every variant served by vLLM on Ray Serve and answering through the OpenAI endpoint.
+
+One small fine-tuned model serves the module (two training steps on the session's dataset). One
+`app quantize run` makes the three variants, evaluates them with the source on a few test-split
+questions plus a general one every variant must still get right, and writes the analysis. Then the
+bad inputs: each refused before any work, with the store as it was; and a run whose second method
+fails leaves nothing of the first in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from app.model_store import ModelStore
+from tests.conftest import BIN, OWNER_VAR, owner_token, run_cli, stop_owned, summary_json
+
+pytestmark = pytest.mark.integration
+OWNER = owner_token()
+SOURCE = "itq-lora"
+PORT = 8431
+# One worker, two steps: the source needs a checkpoint to start QAT from, not a good adapter.
+SMALL_TRAINING = ["data.name=it-build", "training.num_workers=1", "training.micro_batch_size=2", "training.eval_every=2",
+                  "training.max_steps=2",
+                  "training.val_generation_samples=2", "training.val_loss_samples=4", "training.val_max_new_tokens=8",
+                  "prompt.max_context_tokens=96", "training.compare_on_validation=false", "training.register_model=false",
+                  "training.warmup_ratio=0", "training.eval_at_start=false", f"training.output_model={SOURCE}",
+                  "training.run_name=itq-train", f"serving.port={PORT}", "serving.kv_cache_gib=1",
+                  "serving.request_timeout_s=120", "serving.engine_mode=eager"]
+SMALL_QUANT = ["quantize.calibration_samples=8", "quantize.heldout_samples=4", "quantize.max_seq_len=128",
+               "quantize.awq_grid=4", "quantize.qat_steps=1", "quantize.perplexity_samples=4",
+               "quantize.heldout_samples=2", "quantize.eval_max_examples=2", "evaluation.max_new_tokens=24", "evaluation.bootstrap_samples=200",
+               "evaluation.concurrency=2"]
+
+
+def sets(*overrides: str) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def env() -> dict[str, str]:
+    return {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": "", OWNER_VAR: OWNER}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stop_what_the_module_started():
+    yield
+    stop_owned(OWNER)
+
+
+# The module's fixtures run in its first test: a training run, then the quantize run (QAT, AWQ, GPTQ,
+# four engines on Ray Serve for the evaluation, the analysis): about 12 minutes on 2 quiet cores.
+@pytest.fixture(scope="module")
+def source(qa_build, home):
+    proc = run_cli("app", "train", "run", *sets(*SMALL_TRAINING), env=env(), timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return ModelStore(home / "models").get(SOURCE)
+
+
+@pytest.fixture(scope="module")
+def quantized(source, home, tmp_path_factory):
+    general = tmp_path_factory.mktemp("q") / "general.jsonl"
+    general.write_text(json.dumps({"question": "What is the capital of France?",
+                                   "answer": "The capital of France is Paris.", "topic": "general"}) + "\n")
+    overrides = [*SMALL_TRAINING, *SMALL_QUANT, f"evaluation.test_set={general}", "evaluation.with_test_split=2",
+                 "prompt.use_context=true"]
+    proc = run_cli("app", "quantize", "run", *sets(*overrides), env=env(), timeout=2400)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return {"summary": summary_json(proc.stdout), "stdout": proc.stdout, "overrides": overrides}
+
+
+@pytest.mark.timeout(2400)
+def test_awq_gptq_and_qat_variants_are_stored_with_their_recipe(quantized, source, home):
+    summary = quantized["summary"]
+    variants = summary["variants"]
+    assert set(variants) == {"awq", "gptq", "qat"}
+    assert variants["awq"] == f"{SOURCE}-awq-w4g64-asym"
+    store = ModelStore(home / "models")
+    for method, name in variants.items():
+        m = store.get(name, verify=True)
+        assert m.kind == "quantized" and m.manifest["parent"] == SOURCE and m.manifest["method"] == method
+        assert m.manifest["scheme"] == "W4A16_ASYM" and m.manifest["group_size"] == 64
+        assert m.manifest["environment"]["llmcompressor"] == "0.14.0.1"
+        assert m.manifest["environment"]["python"].endswith(".venv-quant/bin/python")
+        assert m.manifest["source_sha256"] and "weight_packed" not in json.dumps(m.manifest["files"])
+        config = json.loads((m.path / "config.json").read_text())
+        assert config["quantization_config"]["format"] == "pack-quantized"
+        if method != "qat":
+            assert m.manifest["calibration_sha256"] == summary["calibration_sha256"]
+            assert m.manifest["calibration_samples"] == 8
+            assert ("AWQModifier" if method == "awq" else "GPTQModifier") in m.manifest["recipe"]
+    qat_bf16 = store.get(f"{variants['qat']}-bf16")
+    assert qat_bf16.kind == "finetuned" and qat_bf16.manifest["parent"] == "smollm2-135m-instruct"
+    assert not [p.name for p in store.root.iterdir() if p.name.startswith(".")]  # no hidden leftovers
+    assert "calibrating on 8 samples" in quantized["stdout"]  # progress during calibration
+
+
+def test_sizes_accuracy_and_analysis_are_reported(quantized, home):
+    summary = quantized["summary"]
+    rows = {r["method"]: r for r in summary["sizes"]}
+    for method in ("awq", "gptq", "qat"):
+        assert rows[method]["quantized_layer_reduction"] > 0.7  # 4 bits + scales and zero points vs 16 bits
+        assert 0.4 < rows[method]["size_reduction"] < rows[method]["quantized_layer_reduction"]
+    acc = summary["accuracy"]
+    assert acc["source"] == SOURCE and set(acc["variants"]) == set(summary["variants"].values())
+    for v in acc["variants"].values():
+        assert v["ci"][0] <= v["drop"] <= v["ci"][1] and 0 <= v["p_value"] <= 1 and v["n"] == 3
+    out = Path(summary["output"])
+    report = (out / "report.md").read_text()
+    for name in summary["variants"].values():
+        assert name in report
+    html = (out / "report.html").read_text()
+    assert "<img" in html and "perplexity" in html.lower()
+    analysis = json.loads((out / "summary.json").read_text())["analysis"]
+    assert analysis["perplexity"] and all(v > 1 for v in analysis["perplexity"].values() if isinstance(v, float))
+
+
+def test_every_variant_answers_through_the_serve_endpoint(quantized, home):
+    """The evaluation served the source and the three INT4 variants with vLLM on Ray Serve (OpenAI
+    API): every variant answered every question, and still knows the capital of France."""
+    out = home / "eval" / f"{quantized['summary']['run_name']}-eval"
+    table = pd.read_parquet(out / "examples.parquet")
+    facts = json.loads((out / "summary.json").read_text())["facts"]
+    general = table[table["topic"] == "general"]
+    assert len(general) == 1
+    for name in [SOURCE, *quantized["summary"]["variants"].values()]:
+        assert (table[f"{name}__error"] == "").all(), name
+        assert table[f"{name}__answer"].str.len().gt(0).all(), name
+        assert "Paris" in general[f"{name}__answer"].iloc[0], (name, general[f"{name}__answer"].iloc[0])
+        assert facts["models"][name]  # answered through the project's Serve app
+
+
+def test_mlflow_records_the_run_the_environment_and_the_report(quantized, mlflow_uri):
+    import mlflow
+
+    run = mlflow.MlflowClient(mlflow_uri).get_run(quantized["summary"]["run_id"])
+    assert run.data.tags["app.stage"] == "quantize"
+    assert run.data.tags["quantize.env.python"].endswith(".venv-quant/bin/python")
+    assert run.data.tags["quantize.env.llmcompressor"] == "0.14.0.1"
+    arts = {a.path for a in mlflow.MlflowClient(mlflow_uri).list_artifacts(run.info.run_id, "report")}
+    assert {"report/report.md", "report/report.html", "report/summary.json"} <= arts
+    name = quantized["summary"]["variants"]["gptq"]
+    assert run.data.metrics[f"{name}.size_reduction"] > 0.4
+
+
+def store_state(home: Path) -> dict[str, float]:
+    root = home / "models"
+    return {p.name: p.stat().st_mtime for p in root.iterdir()}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["quantize.group_size=128"], "group_size 128 does not divide the input width of 180 of 210 layers"),
+    (["quantize.scheme=W4A8"], "quantize.scheme"),
+    (["quantize.source_model=no-such-model"], "quantize.source_model 'no-such-model' is not usable"),
+    (["quantize.calibration_samples=100000"], "too few calibration samples"),
+])
+def test_bad_input_is_refused_before_any_work(source, home, overrides, message):
+    before = store_state(home)
+    proc = run_cli("app", "quantize", "run", *sets(*SMALL_TRAINING, *SMALL_QUANT, *overrides), env=env(), timeout=300)
+    assert proc.returncode != 0
+    assert message in " ".join((proc.stdout + proc.stderr).split())
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert store_state(home) == before
+
+
+def test_a_failed_method_leaves_the_store_as_it_was(source, home):
+    """rtn finishes, then awq runs past its time limit: neither variant is registered, no folder is left."""
+    before = store_state(home)
+    proc = run_cli("app", "quantize", "run", *sets(*SMALL_TRAINING, *SMALL_QUANT, "quantize.methods=[rtn, awq]",
+                                                   "quantize.qat=false", "quantize.timeout_s=45",
+                                                   "quantize.calibration_samples=16", "quantize.awq_grid=20"),
+                   env=env(), timeout=600)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    text = " ".join((proc.stdout + proc.stderr).split())
+    assert "awq calibration ran past quantize.timeout_s (45 s)" in text and f"{SOURCE}-rtn-w4g64-asym" in text
+    assert store_state(home) == before
