@@ -167,6 +167,7 @@ def _kill_all() -> None:
 
 
 def _on_signal(signum, frame):  # noqa: ARG001
+    print(f"\nreceived {signal.Signals(signum).name}: stopping the servers", flush=True)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -682,6 +683,7 @@ def main() -> None:
 
     atexit.register(_kill_all)
     signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
     home = app_home()
     t_start = time.time()
     stamp = time.strftime("%Y%m%d-%H%M%S")
