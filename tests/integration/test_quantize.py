@@ -86,19 +86,17 @@ def test_the_gptq_variant_is_stored_with_its_recipe(quantized, source, home):
     assert set(variants) == {"gptq"}
     assert variants["gptq"] == f"{SOURCE}-gptq-w4g64-asym"
     store = ModelStore(home / "models")
-    for method, name in variants.items():
-        m = store.get(name, verify=True)
-        assert m.kind == "quantized" and m.manifest["parent"] == SOURCE and m.manifest["method"] == method
-        assert m.manifest["scheme"] == "W4A16_ASYM" and m.manifest["group_size"] == 64
-        assert m.manifest["environment"]["llmcompressor"] == "0.14.0.1"
-        assert m.manifest["environment"]["python"].endswith(".venv-quant/bin/python")
-        assert m.manifest["source_sha256"] and "weight_packed" not in json.dumps(m.manifest["files"])
-        config = json.loads((m.path / "config.json").read_text())
-        assert config["quantization_config"]["format"] == "pack-quantized"
-        if method != "qat":
-            assert m.manifest["calibration_sha256"] == summary["calibration_sha256"]
-            assert m.manifest["calibration_samples"] == 8
-            assert ("AWQModifier" if method == "awq" else "GPTQModifier") in m.manifest["recipe"]
+    m = store.get(variants["gptq"], verify=True)
+    assert m.kind == "quantized" and m.manifest["parent"] == SOURCE and m.manifest["method"] == "gptq"
+    assert m.manifest["scheme"] == "W4A16_ASYM" and m.manifest["group_size"] == 64
+    assert m.manifest["environment"]["llmcompressor"] == "0.14.0.1"
+    assert m.manifest["environment"]["python"].endswith(".venv-quant/bin/python")
+    assert m.manifest["source_sha256"] and "weight_packed" not in json.dumps(m.manifest["files"])
+    config = json.loads((m.path / "config.json").read_text())
+    assert config["quantization_config"]["format"] == "pack-quantized"
+    assert m.manifest["calibration_sha256"] == summary["calibration_sha256"]
+    assert m.manifest["calibration_samples"] == 8
+    assert "GPTQModifier" in m.manifest["recipe"]
     assert not [p.name for p in store.root.iterdir() if p.name.startswith(".")]  # no hidden leftovers
     assert "calibrating on 8 samples" in quantized["stdout"]  # progress during calibration
 
@@ -106,9 +104,9 @@ def test_the_gptq_variant_is_stored_with_its_recipe(quantized, source, home):
 def test_sizes_accuracy_and_analysis_are_reported(quantized, home):
     summary = quantized["summary"]
     rows = {r["method"]: r for r in summary["sizes"]}
-    for method in ("gptq",):
-        assert rows[method]["quantized_layer_reduction"] > 0.7  # 4 bits + scales and zero points vs 16 bits
-        assert 0.4 < rows[method]["size_reduction"] < rows[method]["quantized_layer_reduction"]
+    gptq = rows["gptq"]
+    assert gptq["quantized_layer_reduction"] > 0.7  # 4 bits + scales and zero points vs 16 bits
+    assert 0.4 < gptq["size_reduction"] < gptq["quantized_layer_reduction"]
     acc = summary["accuracy"]
     assert acc["source"] == SOURCE and set(acc["variants"]) == set(summary["variants"].values())
     for v in acc["variants"].values():
