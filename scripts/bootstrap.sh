@@ -92,6 +92,29 @@ if [ "$QUANT" = 1 ]; then
   "$QUANT_VENV/bin/python" -c "import llmcompressor, compressed_tensors; print(f'[bootstrap] quantization env ok: llmcompressor {llmcompressor.__version__}, compressed-tensors {compressed_tensors.__version__}')" 2>&1 | grep "^\[bootstrap\]"
 fi
 
+# Bytecode, written once here: uv installs no .pyc files, and where PYTHONDONTWRITEBYTECODE=1 is set
+# (as in many containers and CI images) Python never caches them either, so every process compiles
+# every module it imports again. Measured on 2 cores: `import ray.serve.llm` 50 s -> 17 s, `import
+# vllm` 19 s -> 7 s, a small `app dataset build` 111 s -> 48 s; every Serve replica, vLLM engine,
+# Ray worker and CLI command starts that much faster. A stamp file skips the pass when no source
+# file changed since the last one (the editable-install finder, rewritten by every install, aside).
+# A few third-party files are templates that are not valid Python 3 (never imported): compileall
+# reports them and exits non-zero, which is expected, hence `|| true`.
+compile_bytecode() {
+  local py=$1; shift
+  local stamp site
+  stamp="$(dirname "$(dirname "$py")")/.bytecode-compiled"
+  site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  if [ -f "$stamp" ] && [ -z "$(find "$site" "$@" -name '*.py' ! -name '__editable__*' -newer "$stamp" -print -quit)" ]; then
+    return
+  fi
+  echo "[bootstrap] compiling bytecode for $(dirname "$(dirname "$py")")"
+  "$py" -m compileall -q -q -j 0 "$site" "$@" >/dev/null 2>&1 || true
+  touch "$stamp"
+}
+compile_bytecode "$PY" app jobs
+if [ "$QUANT" = 1 ]; then compile_bytecode "$QUANT_VENV/bin/python"; fi
+
 "$PY" - <<'PY'
 import importlib.util
 import transformers, ray, mlflow, peft, deepspeed  # noqa: F401  (fails loudly if the set is broken)
