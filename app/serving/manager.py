@@ -169,6 +169,25 @@ def up(cfg: ExperimentConfig, progress: Callable[[str], None] = print) -> dict[s
     return deploy(cfg.paths.resolved_home(), cfg.serving, progress)
 
 
+def cpus_needed(s: ServingConfig) -> int:
+    """Logical CPUs the application reserves on CPU: each model replica holds 2 (the replica actor
+    and its engine worker's bundle), each ingress replica 1. A replica that does not fit is never
+    scheduled, and Serve waits for it without an error."""
+    replicas = max(1, s.min_replicas) if s.autoscaling else s.num_replicas
+    return 2 * replicas * len(s.models) + s.num_ingress_replicas
+
+
+def check_capacity(s: ServingConfig, cluster_cpus: float) -> None:
+    """ServeError before deploying when the cluster has fewer logical CPUs than the app reserves."""
+    need = cpus_needed(s)
+    if cluster_cpus < need:
+        raise ServeError(
+            f"serving {len(s.models)} model(s) needs {need} logical CPUs on this cluster (2 per model replica, "
+            f"1 per ingress replica) and it has {cluster_cpus:g}: the last replicas would wait forever to be "
+            "scheduled. Serve fewer models (serving.models) or, for a local cluster, raise serving.cluster_cpus "
+            "(stop the running one first: `ray stop`).")
+
+
 def deploy(home: Path, s: ServingConfig, progress: Callable[[str], None] = print,
            replace: bool = False) -> dict[str, Any]:
     """Deploy ``s`` on the connected cluster and wait until every model answers.
@@ -180,6 +199,10 @@ def deploy(home: Path, s: ServingConfig, progress: Callable[[str], None] = print
 
     args = ServeAppArgs(home=str(home), serving=s).model_dump(mode="json")
     application = build_app(args)  # fails here, before deploying, on bad args or missing models
+    if s.accelerator == "cpu":
+        import ray
+
+        check_capacity(s, ray.cluster_resources().get("CPU", 0))
     serve.start(http_options=http_options(s))
     if replace and APP_NAME in serve.status().applications:
         progress("removing the running application")

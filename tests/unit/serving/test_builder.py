@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from app.serving.config import ServingConfig, VLLM_DEFAULTS
 from app.serving.builder import engine_args, vllm_server_command
 
@@ -139,3 +141,18 @@ def test_the_served_fastapi_app_is_rays_with_the_guard_and_our_cors():
     (cors,) = _cors(app)
     assert cors.kwargs["allow_origins"] == ["https://ui.example", "http://localhost:3000"]
     assert app.user_middleware[0] is cors and app.user_middleware[1].cls is RequestGuard
+
+
+def test_a_deployment_that_cannot_be_scheduled_is_refused_before_deploying():
+    """Four models need 9 logical CPUs (2 per model replica, 1 for the ingress): on the default local
+    cluster of 8 the fourth replica would wait forever to be scheduled."""
+    from app.serving.manager import ServeError, check_capacity, cpus_needed
+
+    three = ServingConfig(models=["a", "b", "c"])
+    assert cpus_needed(three) == 7
+    check_capacity(three, 8)
+    four = ServingConfig(models=["a", "b", "c", "d"])
+    with pytest.raises(ServeError, match=r"needs 9 logical CPUs .* it has 8: .*serving.cluster_cpus"):
+        check_capacity(four, 8)
+    assert cpus_needed(ServingConfig(models=["a"], num_replicas=2, num_ingress_replicas=2)) == 6
+    assert cpus_needed(ServingConfig(models=["a"], autoscaling=True, min_replicas=0, max_replicas=3)) == 3
