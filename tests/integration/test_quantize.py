@@ -1,17 +1,19 @@
 """INT4 quantization for real: llm-compressor GPTQ (and AWQ's CPU path) in the quantization
 environment, the variant served by vLLM on Ray Serve and answering through the OpenAI endpoint.
 
-One small fine-tuned model serves the module (two training steps on the session's dataset). One
-`app quantize run` makes a GPTQ variant, evaluates it with the source on a few test-split questions
-plus a general one it must still get right (two vLLM engines on Ray Serve), and writes the analysis.
-Then the bad inputs: each refused before any work, with the store as it was; and a run whose second
-method (AWQ, past its time limit) fails leaves nothing of the first in the store.
+The source is the session's base model (the quantize stage takes any bf16 store model; the default
+pipeline gives it the merged fine-tuned one, whose LoRA-survival analysis is covered against real
+updates in tests/unit/quantize/test_analysis.py). One `app quantize run` makes a GPTQ variant,
+evaluates it with the source on a few test-split questions plus a general one it must still get
+right (two vLLM engines on Ray Serve), and writes the analysis. Then the bad inputs: each refused
+before any work, with the store as it was; and a run whose second method (AWQ, past its time
+limit) fails leaves nothing of the first in the store.
 
-CI time: the full run (QAT, AWQ and GPTQ, four engines served at once) took 36 minutes on 2 quiet
-cores, most of it four engines starting together (687 s); the suite cannot carry that. The QAT
-phase is covered by tests/unit/quantize/test_int4.py (its forward, and its codes against the real
-packer) and AWQ's CPU path by the failed-method test below; `app quantize run` with the defaults
-runs all three.
+CI time: the full run (QAT, AWQ and GPTQ, four engines served at once, on a freshly trained source)
+took 36 minutes on 2 quiet cores, most of it four engines starting together (687 s); the suite
+cannot carry that. The QAT phase is covered by tests/unit/quantize/test_int4.py (its forward, and
+its codes against the real packer) and AWQ's CPU path by the failed-method test below;
+`app quantize run` with the defaults runs all three.
 """
 
 from __future__ import annotations
@@ -23,21 +25,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from app.config import ModelConfig
 from app.model_store import ModelStore
 from tests.conftest import BIN, OWNER_VAR, owner_token, run_cli, stop_owned, summary_json
 
 pytestmark = pytest.mark.integration
 OWNER = owner_token()
-SOURCE = "itq-lora"
+SOURCE = ModelConfig().name  # the session's stored base model
 PORT = 8431
-# One worker, two steps: the source needs a checkpoint to start QAT from, not a good adapter.
-SMALL_TRAINING = ["data.name=it-build", "training.num_workers=1", "training.micro_batch_size=2", "training.eval_every=2",
-                  "training.max_steps=2",
-                  "training.val_generation_samples=2", "training.val_loss_samples=4", "training.val_max_new_tokens=8",
-                  "prompt.max_context_tokens=96", "training.compare_on_validation=false", "training.register_model=false",
-                  "training.warmup_ratio=0", "training.eval_at_start=false", f"training.output_model={SOURCE}",
-                  "training.run_name=itq-train", f"serving.port={PORT}", "serving.kv_cache_gib=1",
-                  "serving.request_timeout_s=120", "serving.engine_mode=eager"]
+COMMON = ["data.name=it-build", f"quantize.source_model={SOURCE}", "prompt.max_context_tokens=96",
+          f"serving.port={PORT}", "serving.kv_cache_gib=1", "serving.request_timeout_s=120", "serving.engine_mode=eager"]
 SMALL_QUANT = ["quantize.calibration_samples=8", "quantize.heldout_samples=4", "quantize.max_seq_len=128",
                "quantize.awq_grid=4", "quantize.qat_steps=1", "quantize.perplexity_samples=4",
                "quantize.heldout_samples=2", "quantize.eval_max_examples=2", "evaluation.max_new_tokens=24", "evaluation.bootstrap_samples=200",
@@ -58,21 +55,21 @@ def stop_what_the_module_started():
     stop_owned(OWNER)
 
 
-# The module's fixtures run in its first test: a training run, then the quantize run (GPTQ, two
-# engines on Ray Serve for the evaluation, the analysis).
+# The module's fixture runs in its first test: the quantize run (GPTQ, two engines on Ray Serve for
+# the evaluation, the analysis), on the session's dataset (calibration) and base model.
 @pytest.fixture(scope="module")
-def source(qa_build, home):
-    proc = run_cli("app", "train", "run", *sets(*SMALL_TRAINING), env=env(), timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return ModelStore(home / "models").get(SOURCE)
+def source(qa_build, stored_model):
+    assert stored_model.name == SOURCE
+    return stored_model
 
 
 @pytest.fixture(scope="module")
 def quantized(source, home, tmp_path_factory):
     general = tmp_path_factory.mktemp("q") / "general.jsonl"
-    general.write_text(json.dumps({"question": "What is the capital of France?",
-                                   "answer": "The capital of France is Paris.", "topic": "general"}) + "\n")
-    overrides = [*SMALL_TRAINING, *SMALL_QUANT, f"evaluation.test_set={general}", "evaluation.with_test_split=2",
+    # Not France: its first token is a near tie for the base model in float32 (see test_serving).
+    general.write_text(json.dumps({"question": "What is the capital of Japan?",
+                                   "answer": "The capital of Japan is Tokyo.", "topic": "general"}) + "\n")
+    overrides = [*COMMON, *SMALL_QUANT, f"evaluation.test_set={general}", "evaluation.with_test_split=2",
                  "prompt.use_context=true", "quantize.methods=[gptq]", "quantize.qat=false"]
     proc = run_cli("app", "quantize", "run", *sets(*overrides), env=env(), timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -123,7 +120,7 @@ def test_sizes_accuracy_and_analysis_are_reported(quantized, home):
 
 def test_every_variant_answers_through_the_serve_endpoint(quantized, home):
     """The evaluation served the source and the INT4 variant with vLLM on Ray Serve (OpenAI
-    API): every variant answered every question, and still knows the capital of France."""
+    API): every variant answered every question, and still knows the capital of Japan."""
     out = home / "eval" / f"{quantized['summary']['run_name']}-eval"
     table = pd.read_parquet(out / "examples.parquet")
     facts = json.loads((out / "summary.json").read_text())["facts"]
@@ -132,7 +129,7 @@ def test_every_variant_answers_through_the_serve_endpoint(quantized, home):
     for name in [SOURCE, *quantized["summary"]["variants"].values()]:
         assert (table[f"{name}__error"] == "").all(), name
         assert table[f"{name}__answer"].str.len().gt(0).all(), name
-        assert "Paris" in general[f"{name}__answer"].iloc[0], (name, general[f"{name}__answer"].iloc[0])
+        assert "Tokyo" in general[f"{name}__answer"].iloc[0], (name, general[f"{name}__answer"].iloc[0])
         assert facts["models"][name]  # answered through the project's Serve app
 
 
@@ -162,7 +159,7 @@ def store_state(home: Path) -> dict[str, float]:
 ])
 def test_bad_input_is_refused_before_any_work(source, home, overrides, message):
     before = store_state(home)
-    proc = run_cli("app", "quantize", "run", *sets(*SMALL_TRAINING, *SMALL_QUANT, *overrides), env=env(), timeout=300)
+    proc = run_cli("app", "quantize", "run", *sets(*COMMON, *SMALL_QUANT, *overrides), env=env(), timeout=300)
     assert proc.returncode != 0
     assert message in " ".join((proc.stdout + proc.stderr).split())
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -172,7 +169,7 @@ def test_bad_input_is_refused_before_any_work(source, home, overrides, message):
 def test_a_failed_method_leaves_the_store_as_it_was(source, home):
     """rtn finishes, then awq runs past its time limit: neither variant is registered, no folder is left."""
     before = store_state(home)
-    proc = run_cli("app", "quantize", "run", *sets(*SMALL_TRAINING, *SMALL_QUANT, "quantize.methods=[rtn, awq]",
+    proc = run_cli("app", "quantize", "run", *sets(*COMMON, *SMALL_QUANT, "quantize.methods=[rtn, awq]",
                                                    "quantize.qat=false", "quantize.timeout_s=45",
                                                    "quantize.calibration_samples=16", "quantize.awq_grid=20"),
                    env=env(), timeout=600)
