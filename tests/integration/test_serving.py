@@ -318,25 +318,25 @@ def test_eval_run_on_a_users_questions_with_retrieved_context(served, qa_docs, h
         {"question": "How long are invoices stored?", "answer": "Seven years.", "context": "Invoices are kept seven years."},
     ]) + "\n")
     # The served base model also judges the answers (too small to judge well: this checks the path).
-    # One request at a time, as in the test-split run: judged in batches of changing make-up, the same
-    # answer got "correct" for one model and "incorrect ... correct" for the other in CI (eager bf16).
     result = eval_run(served, "--set", f"evaluation.test_set={questions}", "--set", f"evaluation.retrieval.corpus_dir={qa_docs}",
-                      "--set", "evaluation.run_name=it-eval-jsonl", "--set", "evaluation.concurrency=1",
+                      "--set", "evaluation.run_name=it-eval-jsonl",
                       "--set", f"evaluation.judge.model={{name: judge, model: {served['models'][0]}}}")
     table = pd.read_parquet(home / "eval" / "it-eval-jsonl" / "examples.parquet").set_index("question")
     summary = json.loads((home / "eval" / "it-eval-jsonl" / "summary.json").read_text())
     base, second = served["models"]
     # A verdict is 1 or 0; a reply with none (abstained, contradictory, unparsed) is NaN and left out.
-    assert table[f"{base}__judge_reply"].str.len().gt(0).all()
-    assert set(table[f"{base}__judge_correct"].dropna()) <= {0.0, 1.0}
-    # Same answers, greedy judge: the same verdicts. Not always the same reply text: bf16 kernels are not
-    # batch-invariant, so a reply judged in another batch may word itself differently after a near tie.
-    assert table[f"{base}__judge_correct"].equals(table[f"{second}__judge_correct"])
-    facts = summary["facts"]["judge"]["per_model"][base]
-    assert facts["asked"] == 3 and facts["excluded"] == int(table[f"{base}__judge_correct"].isna().sum())
-    if facts["excluded"] < 3:
-        assert summary["comparisons"][second]["judge_correct"]["difference"] == 0
-        assert result["judge_accuracy"][base]["mean"] == summary["means"][base]["judge_correct"]["mean"]
+    # Not asserted: the same verdicts for the two names of one checkpoint. Their answers are the same,
+    # but one reply read "The answer is correct.", its twin "The answer is incorrect. The reference
+    # answer is correct." (2026-12-03, eager bf16 engines, the same with one request at a time). The
+    # likely cause: the judge sees each judge prompt a second time, with its prefix cached (prefix
+    # caching is on), and in bf16 that path can compute slightly other logits.
+    for model in (base, second):
+        assert table[f"{model}__judge_reply"].str.len().gt(0).all(), model
+        assert set(table[f"{model}__judge_correct"].dropna()) <= {0.0, 1.0}, model
+        facts = summary["facts"]["judge"]["per_model"][model]
+        assert facts["asked"] == 3 and facts["excluded"] == int(table[f"{model}__judge_correct"].isna().sum())
+        if facts["excluded"] < 3:
+            assert result["judge_accuracy"][model]["mean"] == summary["means"][model]["judge_correct"]["mean"]
     assert table["context_source"].tolist().count("retrieved:bm25") == 2
     assert "json.dumps" in table.loc["What does json.dumps return?", "context"]
     assert "heappush" in table.loc["Which function pushes an item onto a heap?", "context"]
