@@ -337,12 +337,15 @@ def evaluate_variants(cfg: ExperimentConfig, source: str, variants: dict[str, st
                       progress: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The source and every variant through the evaluation stage; accuracy drops with paired intervals."""
     from app.eval.run import eval_root, evaluate
+    from app.serving.manager import cpus_needed
 
     e = cfg.evaluation
     models = [source, *variants.values()]
-    # A local cluster started for the evaluation needs 2 logical CPUs per model (replica + engine worker)
-    # and one for the ingress, or the last replicas wait forever to be scheduled.
-    serving = cfg.serving.model_copy(update={"cluster_cpus": max(cfg.serving.cluster_cpus, 2 * len(models) + 2)})
+    # A local cluster started for the evaluation must fit every model's replicas and the ingress (or the
+    # last replicas wait forever to be scheduled), plus one spare: the evaluation's own Ray Data tasks
+    # run on the same cluster.
+    need = cpus_needed(cfg.serving.model_copy(update={"models": models})) + 1
+    serving = cfg.serving.model_copy(update={"cluster_cpus": max(cfg.serving.cluster_cpus, need)})
     eval_cfg = cfg.model_copy(update={"serving": serving, "evaluation": e.model_copy(update={
         "models": models, "run_name": f"{run_name}-eval", "judge": None,
         "max_examples": cfg.quantize.eval_max_examples or e.max_examples})})

@@ -33,10 +33,12 @@ pytestmark = pytest.mark.integration
 OWNER = owner_token()
 SOURCE = ModelConfig().name  # the session's stored base model
 PORT = 8431
+# quantize.qat=false: the base model has no training checkpoint for QAT to start from.
 COMMON = ["data.name=it-build", f"quantize.source_model={SOURCE}", "prompt.max_context_tokens=96",
-          f"serving.port={PORT}", "serving.kv_cache_gib=1", "serving.request_timeout_s=120", "serving.engine_mode=eager"]
-SMALL_QUANT = ["quantize.calibration_samples=8", "quantize.heldout_samples=4", "quantize.max_seq_len=128",
-               "quantize.awq_grid=4", "quantize.qat_steps=1", "quantize.perplexity_samples=4",
+          f"serving.port={PORT}", "serving.kv_cache_gib=1", "serving.request_timeout_s=120", "serving.engine_mode=eager",
+          "quantize.qat=false"]
+SMALL_QUANT = ["quantize.calibration_samples=8", "quantize.max_seq_len=128",
+               "quantize.awq_grid=4", "quantize.perplexity_samples=4",
                "quantize.heldout_samples=2", "quantize.eval_max_examples=2", "evaluation.max_new_tokens=24", "evaluation.bootstrap_samples=200",
                "evaluation.concurrency=2"]
 
@@ -73,7 +75,7 @@ def quantized(source, home, tmp_path_factory):
                                    "context": "Tokyo is the capital and the largest city of Japan.",
                                    "answer": "The capital of Japan is Tokyo.", "topic": "general"}) + "\n")
     overrides = [*COMMON, *SMALL_QUANT, f"evaluation.test_set={general}", "evaluation.with_test_split=2",
-                 "prompt.use_context=true", "quantize.methods=[gptq]", "quantize.qat=false"]
+                 "prompt.use_context=true", "quantize.methods=[gptq]"]
     proc = run_cli("app", "quantize", "run", *sets(*overrides), env=env(), timeout=1500)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return {"summary": summary_json(proc.stdout), "stdout": proc.stdout, "overrides": overrides}
@@ -147,7 +149,7 @@ def test_every_variant_answers_through_the_serve_endpoint(quantized, home):
         ref = json.loads(reference_path(store, name).read_text())  # the gate ran for it (and passed: the run went on)
         assert len(ref["answers"]) == len(GATE_PROMPTS) and ref["fingerprint"], name
     assert "Tokyo" in general[f"{SOURCE}__answer"].iloc[0], general[f"{SOURCE}__answer"].iloc[0]
-    print(f"\nINT4 variant on the general question: {general.iloc[0].filter(like='__answer').to_dict()}")
+    print(f"\nINT4 variant on the general question: {general.iloc[0].filter(regex='__answer$').to_dict()}")
 
 
 def test_mlflow_records_the_run_the_environment_and_the_report(quantized, mlflow_uri):
@@ -187,7 +189,7 @@ def test_a_failed_method_leaves_the_store_as_it_was(source, home):
     """rtn finishes, then awq runs past its time limit: neither variant is registered, no folder is left."""
     before = store_state(home)
     proc = run_cli("app", "quantize", "run", *sets(*COMMON, *SMALL_QUANT, "quantize.methods=[rtn, awq]",
-                                                   "quantize.qat=false", "quantize.timeout_s=45",
+                                                   "quantize.timeout_s=45",
                                                    "quantize.calibration_samples=16", "quantize.awq_grid=20"),
                    env=env(), timeout=600)
     assert proc.returncode != 0, proc.stdout[-2000:]
