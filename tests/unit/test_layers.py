@@ -22,7 +22,7 @@ TOP = {"app.stages", "app.entry"}  # with app.cli.*: above the stages; nothing u
 STAGE_PACKAGES = {"data", "train", "eval", "serving", "prepare", "quantize"}
 # Which stage may use which other stage's modules (a DAG; see docs/architecture.md).
 STAGE_USES = {"data": {"serving"}, "eval": {"data", "serving"}, "train": {"eval"}, "serving": set(), "prepare": set(),
-              "quantize": {"train", "eval"}}
+              "quantize": {"train", "eval", "serving"}}
 
 
 def module_name(path: Path) -> str:
