@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.ab.config import AbConfig
 from app.data.config import DataConfig
 from app.errors import ConfigError
 from app.eval.config import EvaluationConfig
@@ -156,6 +157,7 @@ class ExperimentConfig(Section):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     serve_sweep: ServeSweepConfig = Field(default_factory=ServeSweepConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
+    ab: AbConfig = Field(default_factory=AbConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     accounts: AccountsConfig = Field(default_factory=AccountsConfig)
 

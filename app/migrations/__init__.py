@@ -1,7 +1,7 @@
-"""Schema migrations (Alembic) of the databases people write to: accounts, dataset review, human ratings.
+"""Schema migrations (Alembic) of the databases people write to: accounts, dataset review, human ratings, A/B experiments.
 
-Each database has its own script folder here (``accounts/``, ``review/``, ``human/``) and its own
-version table (``alembic_version_<name>``), so the three may share one database server or file.
+Each database has its own script folder here (``accounts/``, ``review/``, ``human/``, ``ab/``) and its own
+version table (``alembic_version_<name>``), so they may share one database server or file.
 :func:`upgrade` brings a database to the newest schema when it is opened (``app.db.open_database``):
 a new database gets every migration; a database created before migrations existed (its tables made by
 ``create_all``, no version table) is stamped at the first revision, which describes exactly that

@@ -11,13 +11,14 @@ from sqlalchemy import create_engine, inspect, text
 
 from app import migrations
 from app.accounts import AccountStore
+from app.ab.store import Base as AbBase
 from app.accounts import Base as AccountsBase
 from app.data.review import Base as ReviewBase
 from app.data.review import ReviewStore
 from app.eval.human import Base as HumanBase
 from app.eval.human import HumanEvalStore
 
-CHAINS = {"accounts": AccountsBase.metadata, "review": ReviewBase.metadata, "human": HumanBase.metadata}
+CHAINS = {"ab": AbBase.metadata, "accounts": AccountsBase.metadata, "review": ReviewBase.metadata, "human": HumanBase.metadata}
 
 
 @pytest.mark.parametrize("name", sorted(CHAINS))
