@@ -11,6 +11,16 @@ from app.sections import Section, duplicates
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
+def check_weights(weights: dict[str, float]) -> None:
+    """The rule for a split (the config's and every live change's): numbers >= 0 summing to 1 (ValueError)."""
+    if any(not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0 for w in weights.values()):
+        raise ValueError(f"weights must be numbers >= 0, got {weights}")
+    total = sum(weights.values())
+    if abs(total - 1) > 1e-6:
+        raise ValueError(f"the weights must sum to 1, they sum to {total:g} "
+                         f"({', '.join(f'{a}={w:g}' for a, w in weights.items())})")
+
+
 class ArmConfig(Section):
     name: str = Field(..., pattern=NAME, description="Arm name, reported in the X-Experiment-Arm header.")
     model: str = Field(..., pattern=NAME, description="Model-store entry this arm serves.")
@@ -78,10 +88,10 @@ class AbConfig(Section):
             raise ValueError(f"ab.arms: arm names must be unique, repeated: {dup}")
         if self.baseline not in names:
             raise ValueError(f"ab.baseline {self.baseline!r} is not one of ab.arms {names}")
-        total = sum(a.weight for a in self.arms)
-        if abs(total - 1) > 1e-6:
-            raise ValueError(f"ab.arms: the weights must sum to 1, they sum to {total:g} "
-                             f"({', '.join(f'{a.name}={a.weight:g}' for a in self.arms)})")
+        try:
+            check_weights({a.name: a.weight for a in self.arms})
+        except ValueError as exc:
+            raise ValueError(f"ab.arms: {exc}") from None
         if self.shadow.candidate is not None and self.shadow.candidate not in names:
             raise ValueError(f"ab.shadow.candidate {self.shadow.candidate!r} is not one of ab.arms {names}")
         return self
@@ -93,4 +103,4 @@ class AbConfig(Section):
         return next(a for a in self.arms if a.name == name)
 
 
-__all__ = ["AbConfig", "ArmConfig", "ShadowConfig", "DecisionConfig"]
+__all__ = ["AbConfig", "ArmConfig", "ShadowConfig", "DecisionConfig", "check_weights"]

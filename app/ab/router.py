@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from app.ab.assign import ArmRange, assign, bucket, bucket_ranges
-from app.ab.config import AbConfig
+from app.ab.config import AbConfig, check_weights
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,7 @@ class Splitter:
         new = dict(weights if weights is not None else self.split.weights)
         if set(new) != set(self.models):
             raise ValueError(f"the split must give a weight to each arm {sorted(self.models)}, got {sorted(new)}")
-        if any(not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0 for w in new.values()):
-            raise ValueError(f"weights must be numbers >= 0, got {new}")
-        if abs(sum(new.values()) - 1) > 1e-6:
-            raise ValueError(f"weights must sum to 1, they sum to {sum(new.values()):g}")
+        check_weights(new)
         fraction = self.split.shadow_fraction if shadow_fraction is None else shadow_fraction
         if not 0 <= fraction <= 1:
             raise ValueError(f"shadow_fraction must be in [0, 1], got {fraction}")
@@ -147,7 +144,7 @@ class Splitter:
                       "role": "served" if counted else "outside", "question": question[:20000],
                       "context": context[:20000] if context else None, "reference": reference}
         if counted and arm == self.cfg.baseline and self._shadow_wanted(request_id):
-            self._start_shadow(body, request_id, unit, question, context, reference)
+            self._start_shadow(body, base_event)
         headers_out = {HEADER_EXPERIMENT: self.cfg.experiment, HEADER_ARM: arm, HEADER_REQUEST: request_id}
         return Routed(request_id, arm, model, headers_out, self._recorded(model, arm_body, base_event))
 
@@ -191,13 +188,12 @@ class Splitter:
             log.exception("could not record A/B event %s", event.get("id"))
 
     # -- shadow ----------------------------------------------------------------------------------
-    def _start_shadow(self, body: dict[str, Any], primary_id: str, unit: str, question: str, context: str | None,
-                      reference: str | None) -> None:
+    def _start_shadow(self, body: dict[str, Any], served: dict[str, Any]) -> None:
+        """Shadow the served request whose event is ``served`` (same unit, question, context, reference)."""
         arm = self.cfg.shadow_arm()
         model = self.models[arm]
-        event = {"id": uuid.uuid4().hex, "experiment": self.cfg.experiment, "unit": unit, "arm": arm, "model": model,
-                 "role": "shadow", "primary_id": primary_id, "question": question[:20000],
-                 "context": context[:20000] if context else None, "reference": reference}
+        event = {**served, "id": uuid.uuid4().hex, "arm": arm, "model": model, "role": "shadow",
+                 "primary_id": served["id"]}
         if self._shadow_in_flight >= self.cfg.shadow.max_in_flight:  # shed now, never queue behind a slow arm
             self.counters["shadow_shed"] += 1
             self._record(event, "shed", f"{self.cfg.shadow.max_in_flight} shadow calls already in flight", "", None,

@@ -115,6 +115,10 @@ class SplitChange(Base):
 REQUEST_FIELDS = {c.name for c in RequestEvent.__table__.columns}
 
 
+def _as_dict(event: RequestEvent) -> dict[str, Any]:
+    return {c: getattr(event, c) for c in REQUEST_FIELDS}
+
+
 def open_store(url: str):
     return open_database(url, Base.metadata, AbError, "A/B experiment", migrations="ab")
 
@@ -360,7 +364,7 @@ class ExperimentStore:
                 q = q.where(RequestEvent.role == role)
             out = []
             for ev, thumbs, rating in s.execute(q):
-                row = {c: getattr(ev, c) for c in REQUEST_FIELDS}
+                row = _as_dict(ev)
                 row["created_at"] = iso(ev.created_at)
                 row["thumbs_up"], row["rating"] = thumbs, rating
                 out.append(row)
@@ -370,7 +374,7 @@ class ExperimentStore:
         with self._session() as s:
             rows = s.scalars(select(RequestEvent).where(RequestEvent.experiment == experiment,
                                                         RequestEvent.scored.is_(False)).limit(limit))
-            return [{c: getattr(r, c) for c in REQUEST_FIELDS} for r in rows]
+            return [_as_dict(r) for r in rows]
 
     def set_scores(self, scores: dict[str, dict[str, Any]]) -> None:
         allowed = {"answer_words", "empty_or_refusal", "groundedness", "domain_correct", "token_f1",
