@@ -29,7 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from app.db import as_utc, iso, open_database, utc_column, utc_now
 from app.errors import AppError
 
-ROLES = ("reviewer", "annotator", "admin")
+ROLES = ("reviewer", "annotator", "analyst", "admin")
 MIN_PASSWORD_CHARS = 10
 MAX_PASSWORD_CHARS = 1024  # scrypt hashes any length; this bounds the work a request can ask for
 NAME_CHARS = 100

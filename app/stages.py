@@ -67,6 +67,10 @@ REGISTRY: dict[str, Stage] = {s.name: s for s in (
           reads=("name", "seed", "model", "ray", "data", "prompt", "lora", "training", "evaluation", "serving",
                  "quantize"),
           consumes=("base_model", "finetuned_model", "dataset"), produces=("quantized_models", "quantize_report")),
+    Stage("ab_test", "Shadow and A/B test on Ray Serve: traffic split, simulated users, statistics, the winner.",
+          "app.ab.run:ab_test",
+          reads=("name", "seed", "model", "ray", "data", "prompt", "evaluation", "serving", "ab"),
+          consumes=("base_model", "finetuned_model", "dataset"), produces=("ab_report",)),
 )}
 
 # Stages `app rerun` can re-run, by the `app.stage` tag of their MLflow run.

@@ -44,7 +44,7 @@ class DecisionConfig(Section):
     alpha: float = Field(0.05, gt=0, lt=0.5, description="Significance level of the primary metric (two-sided).")
     sequential: bool = Field(True, description="Always-valid p-values (mSPRT): the result may be read at any time. "
                              "False: a fixed-horizon test, valid only once every arm has the planned units.")
-    mde_relative: float = Field(0.1, gt=0, le=10, description="Smallest relative change of the primary metric worth "
+    mde_relative: float = Field(0.3, gt=0, le=10, description="Smallest relative change of the primary metric worth "
                                 "detecting: sets the planned units per arm (power analysis) and the sequential "
                                 "test's mixing scale.")
     power: float = Field(0.8, gt=0.5, lt=1, description="Power of the planned sample size.")
@@ -57,6 +57,19 @@ class DecisionConfig(Section):
     max_p95_latency_ratio: float = Field(1.5, ge=1, description="Guardrail: the candidate loses when its p95 "
                                          "end-to-end latency is significantly above this multiple of the baseline's.")
     promote: bool = Field(False, description="Send all traffic to the winner once decided (live reconfiguration).")
+
+
+class SimulationConfig(Section):
+    """The simulated user population (``app ab simulate``, jobs/ab_test.py): see app.ab.simulate."""
+
+    users: PositiveInt = Field(400, description="Simulated users at most (each its own unit).")
+    questions_per_user: PositiveInt = Field(2, description="Test-split questions each user asks.")
+    noise: float = Field(0.1, ge=0, lt=0.5, description="Chance a user's thumbs up/down is the opposite of what the "
+                         "evaluation's rule says about the answer it got.")
+    concurrency: PositiveInt = Field(4, description="Users asking at once.")
+    budget_s: PositiveFloat = Field(600.0, description="Stop after this long even without a decision.")
+    look_every_s: PositiveFloat = Field(15.0, description="Read the report (and stop at a decision) this often.")
+    stop_service: bool = Field(True, description="jobs/ab_test.py: remove the experiment's application at the end.")
 
 
 class AbConfig(Section):
@@ -77,6 +90,7 @@ class AbConfig(Section):
                              "without it the request's `user` field; without both the request is its own unit.")
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     db: str | None = Field(None, description="SQLAlchemy URL of the experiment database; None: SQLite at <home>/ab.db.")
 
     @model_validator(mode="after")
@@ -103,4 +117,4 @@ class AbConfig(Section):
         return next(a for a in self.arms if a.name == name)
 
 
-__all__ = ["AbConfig", "ArmConfig", "ShadowConfig", "DecisionConfig", "check_weights"]
+__all__ = ["SimulationConfig", "AbConfig", "ArmConfig", "ShadowConfig", "DecisionConfig", "check_weights"]

@@ -8,7 +8,7 @@ Per request:
 - the unit is the ``ab.unit_header`` header, else the body's ``user`` field, else the request itself;
 - the arm comes from the unit's hash bucket (app.ab.assign) and the live split;
 - the body's public model name is replaced by the arm's model, and the answer goes back unchanged,
-  with ``X-Experiment``, ``X-Experiment-Arm`` and ``X-Request-Id`` headers;
+  with ``X-Experiment``, ``X-Experiment-Arm`` and ``X-Experiment-Request-Id`` headers;
 - when the request ends (the last streamed chunk, or the whole answer), one event is recorded: arm,
   unit, question and answer, TTFT and end-to-end latency, output tokens, status;
 - shadow mode: for a share of the baseline's requests the same body also goes to the shadow arm in a
@@ -34,7 +34,8 @@ from app.ab.config import AbConfig, check_weights
 
 log = logging.getLogger(__name__)
 
-HEADER_EXPERIMENT, HEADER_ARM, HEADER_REQUEST = "X-Experiment", "X-Experiment-Arm", "X-Request-Id"
+# Not X-Request-Id: Ray Serve's proxy sets that one (to a client-supplied value when there is one).
+HEADER_EXPERIMENT, HEADER_ARM, HEADER_REQUEST = "X-Experiment", "X-Experiment-Arm", "X-Experiment-Request-Id"
 
 
 class ChatEngine(Protocol):
@@ -237,6 +238,10 @@ class Splitter:
         except Exception as exc:  # noqa: BLE001 - a failing shadow never touches the user's request
             self.counters["shadow_error"] += 1
             self._record(event, "error", f"{type(exc).__name__}: {exc}"[:2000], "", None, start, tokens)
+
+    @property
+    def shadow_in_flight(self) -> int:
+        return self._shadow_in_flight
 
     async def drain(self, timeout_s: float = 30.0) -> None:
         """Wait for the shadow calls in flight (tests, shutdown)."""

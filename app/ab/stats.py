@@ -248,6 +248,56 @@ def sequential_rates(successes_b: int, n_b: int, successes_c: int, n_c: int, tau
     return {"p_value": p, "confidence_sequence": cs, "looks": state.looks, "tau2": tau2}
 
 
-__all__ = ["Comparison", "compare_rates", "compare_means", "compare_latency", "holm", "srm_check", "units_for_rate",
+# -- unit-level (ratio) metrics -----------------------------------------------------------------
+
+
+def ratio_estimate(units: Sequence[tuple[float, float]]) -> tuple[float, float, int]:
+    """(mean, sampling variance, units) of a metric summed per unit: sum(values) / sum(counts) over the
+    units, each ``(sum of the unit's values, the unit's count)``. The variance is the delta method's
+    (Deng et al. 2018): units are what was randomized, and one unit's observations are not independent."""
+    arr = np.asarray([(float(s), float(n)) for s, n in units if n > 0], dtype=float).reshape(-1, 2)
+    k = len(arr)
+    if k == 0:
+        return float("nan"), float("nan"), 0
+    s, n = arr[:, 0], arr[:, 1]
+    mean = s.sum() / n.sum()
+    if k < 2:
+        return float(mean), float("nan"), k
+    resid = s - mean * n
+    var = float((resid ** 2).sum() / (k - 1) / (k * n.mean() ** 2))
+    return float(mean), var, k
+
+
+def compare_ratio(metric: str, units_b: Sequence[tuple[float, float]], units_c: Sequence[tuple[float, float]],
+                  confidence: float = 0.95, tau2: float | None = None, state: SequentialState | None = None) -> Comparison:
+    """Candidate vs baseline on a per-unit ratio metric (:func:`ratio_estimate`): z-test on the difference,
+    its interval, the relative lift's interval (delta method) and, with ``tau2``, one look of the mSPRT."""
+    from scipy.stats import norm
+
+    mb, vb, kb = ratio_estimate(units_b)
+    mc, vc, kc = ratio_estimate(units_c)
+    d, v = mc - mb, vb + vc
+    z = _z(confidence)
+    if kb < 2 or kc < 2 or not v > 0:
+        p, ci = 1.0, (float("nan"), float("nan"))
+    else:
+        p = float(2 * norm.sf(abs(d) / math.sqrt(v)))
+        ci = (d - z * math.sqrt(v), d + z * math.sqrt(v))
+    rel = rel_ci = None
+    if mb > 0 and v > 0:
+        rel = mc / mb - 1
+        sd = math.sqrt(vc / mb ** 2 + mc ** 2 * vb / mb ** 4)
+        rel_ci = (rel - z * sd, rel + z * sd)
+    seq = None
+    if tau2 is not None:
+        state = state or SequentialState()
+        p_seq = state.update(d, v, tau2) if v > 0 else state.p_value
+        cs = confidence_sequence(d, v, tau2, 1 - confidence) if v > 0 else (float("nan"), float("nan"))
+        seq = {"p_value": p_seq, "confidence_sequence": cs, "looks": state.looks, "tau2": tau2}
+    return Comparison(metric, "ratio", mb, mc, kb, kc, d, ci, rel, rel_ci, p, "z-test, delta-method variance over units",
+                      sequential=seq)
+
+
+__all__ = ["ratio_estimate", "compare_ratio", "Comparison", "compare_rates", "compare_means", "compare_latency", "holm", "srm_check", "units_for_rate",
            "units_for_mean", "msprt_lambda", "confidence_sequence", "SequentialState", "sequential_rates",
            "rate_variance", "SRM_ALARM_P"]

@@ -108,6 +108,7 @@ class SplitChange(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     experiment: Mapped[str] = mapped_column(String(200), index=True)
     weights: Mapped[str] = mapped_column(Text)  # JSON {arm: weight}
+    shadow_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: unchanged
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = utc_column()
 
@@ -117,6 +118,16 @@ REQUEST_FIELDS = {c.name for c in RequestEvent.__table__.columns}
 
 def _as_dict(event: RequestEvent) -> dict[str, Any]:
     return {c: getattr(event, c) for c in REQUEST_FIELDS}
+
+
+def database_url(db: str | None, home: Path) -> str:
+    """The experiment database: ``ab.db`` when set, else SQLite at ``<home>/ab.db``."""
+    return db or f"sqlite:///{Path(home).expanduser() / 'ab.db'}"
+
+
+def spool_dir(home: Path, experiment: str) -> Path:
+    """Where the ingress's event writer spools the experiment's events (a local disk of the ingress)."""
+    return Path(home).expanduser() / "ab-spool" / experiment
 
 
 def open_store(url: str):
@@ -319,7 +330,7 @@ class ExperimentStore:
         if rating is not None and (isinstance(rating, bool) or not isinstance(rating, int) or not 1 <= rating <= 5):
             raise FeedbackError(f"rating must be an integer from 1 to 5, got {rating!r}", 422)
         if not isinstance(request_id, str) or not request_id or len(request_id) > 64:
-            raise FeedbackError("request_id must be the X-Request-Id of a response", 422)
+            raise FeedbackError("request_id must be the X-Experiment-Request-Id header of a response", 422)
         if len(comment) > 2000:
             raise FeedbackError("comment is longer than 2000 characters", 422)
         end = time.monotonic() + wait_s
@@ -345,14 +356,25 @@ class ExperimentStore:
         except IntegrityError:
             raise FeedbackError(f"feedback for request {request_id} was already given", 409) from None
 
-    def record_split(self, experiment: str, weights: dict[str, float], reason: str) -> None:
+    def record_split(self, experiment: str, weights: dict[str, float], reason: str,
+                     shadow_fraction: float | None = None) -> None:
         with write_session(self._session) as s:
-            s.add(SplitChange(experiment=experiment, weights=json.dumps(weights), reason=reason))
+            s.add(SplitChange(experiment=experiment, weights=json.dumps(weights), reason=reason,
+                              shadow_fraction=shadow_fraction))
 
     def splits(self, experiment: str) -> list[dict[str, Any]]:
         with self._session() as s:
             rows = s.scalars(select(SplitChange).where(SplitChange.experiment == experiment).order_by(SplitChange.id))
-            return [{"weights": json.loads(r.weights), "reason": r.reason, "at": iso(r.created_at)} for r in rows]
+            return [{"weights": json.loads(r.weights), "shadow_fraction": r.shadow_fraction, "reason": r.reason,
+                     "at": iso(r.created_at)} for r in rows]
+
+    def latest_split(self, experiment: str) -> dict[str, Any] | None:
+        """The split set last for ``experiment`` (None before any): what every ingress replica applies."""
+        with self._session() as s:
+            r = s.scalars(select(SplitChange).where(SplitChange.experiment == experiment)
+                          .order_by(SplitChange.id.desc()).limit(1)).first()
+            return None if r is None else {"weights": json.loads(r.weights), "shadow_fraction": r.shadow_fraction,
+                                           "reason": r.reason, "at": iso(r.created_at)}
 
     def requests(self, experiment: str, role: str | None = None) -> list[dict[str, Any]]:
         """Every request event of ``experiment`` with its feedback (thumbs_up, rating), oldest first."""
@@ -384,6 +406,20 @@ class ExperimentStore:
                 s.execute(update(RequestEvent).where(RequestEvent.id == rid)
                           .values(scored=True, **{k: v for k, v in values.items() if k in allowed}))
 
+    def experiments(self) -> list[str]:
+        """Every experiment that recorded a request or a split, by name."""
+        with self._session() as s:
+            names = set(s.scalars(select(RequestEvent.experiment).distinct()))
+            names |= set(s.scalars(select(SplitChange.experiment).distinct()))
+            return sorted(names)
+
+    def arms(self, experiment: str) -> dict[str, str]:
+        """{arm: model} as recorded by the experiment's served requests."""
+        with self._session() as s:
+            q = select(RequestEvent.arm, RequestEvent.model).where(RequestEvent.experiment == experiment,
+                                                                   RequestEvent.role == "served").distinct()
+            return dict(s.execute(q).all())
+
     def counts(self, experiment: str) -> dict[str, int]:
         with self._session() as s:
             q = (select(RequestEvent.arm, func.count()).where(RequestEvent.experiment == experiment,
@@ -392,5 +428,5 @@ class ExperimentStore:
             return dict(s.execute(q).all())
 
 
-__all__ = ["AbError", "FeedbackError", "EventWriter", "ExperimentStore", "RequestEvent", "Feedback", "SplitChange",
+__all__ = ["database_url", "spool_dir", "AbError", "FeedbackError", "EventWriter", "ExperimentStore", "RequestEvent", "Feedback", "SplitChange",
            "Base", "open_store"]

@@ -13,7 +13,7 @@ from app.cli.common import ConfigOpt, SetOpt, console, handled, load, say
 users_app = typer.Typer(help="Accounts of reviewers, annotators and admins (hashed passwords, roles).",
                         no_args_is_help=True)
 
-RoleOpt = typer.Option(..., "--role", "-r", help="reviewer, annotator or admin (repeatable).")
+RoleOpt = typer.Option(..., "--role", "-r", help="reviewer, annotator, analyst (A/B dashboard) or admin (repeatable).")
 StdinOpt = typer.Option(False, "--password-stdin", help="Read the password from the first line of stdin "
                                                         "(scripts); else it is asked for, twice, unseen.")
 

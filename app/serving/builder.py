@@ -149,14 +149,15 @@ def set_cors(app: Any, origins: list[str]) -> None:
                            allow_methods=["GET", "POST"], allow_headers=["*"])
 
 
-def fastapi_app(s: ServingConfig, api_key: str | None) -> Any:
+def fastapi_app(s: ServingConfig, api_key: str | None, public_models: tuple[str, ...] = ()) -> Any:
     """Ray's OpenAI-compatible FastAPI app with this project's middleware: the request guard in front
-    of Ray's own, and CORS for ``s.cors_origins`` only (see :func:`set_cors`)."""
+    of Ray's own, and CORS for ``s.cors_origins`` only (see :func:`set_cors`). ``public_models``: names
+    the guard accepts beside the served ones (an experiment's public model)."""
     from ray.llm._internal.serve.core.ingress.ingress import init as init_fastapi
 
     app = init_fastapi()
     # Added after Ray's, so it runs before them: bad requests never reach Ray's handlers or the engine.
-    app.add_middleware(RequestGuard, known_models=set(s.models), limits=Limits(
+    app.add_middleware(RequestGuard, known_models=set(s.models) | set(public_models), limits=Limits(
         max_body_bytes=s.max_body_bytes, max_prompt_chars=s.max_prompt_chars, max_tokens=s.max_model_len,
         api_key=api_key))
     set_cors(app, s.cors_origins)
@@ -169,12 +170,20 @@ def build_app(args: dict[str, Any]):
     Raises pydantic.ValidationError for bad args and ModelStoreError for models missing from the
     store, before anything is deployed.
     """
+    return build_openai_app(ServeAppArgs.model_validate(args))
+
+
+def build_openai_app(parsed: ServeAppArgs, ingress: type | None = None, routes: dict[str, Any] | None = None,
+                     public_models: tuple[str, ...] = (), **ingress_kwargs: Any):
+    """The Serve application of ``parsed``: one LLM deployment per model behind ``ingress`` (Ray's
+    ``OpenAiIngress`` or a subclass), with ``routes`` (method name -> route, as ``make_fastapi_ingress``
+    takes them) beside Ray's OpenAI routes and ``ingress_kwargs`` passed to its constructor."""
     from ray import serve
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
     from ray.serve.llm import build_llm_deployment
     from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 
-    parsed = ServeAppArgs.model_validate(args)
     s = parsed.serving
     # The key is read here, where the app is built, and travels inside the guard (never in args).
     key = serving_key(s)
@@ -182,8 +191,10 @@ def build_app(args: dict[str, Any]):
     binds = threads_binds(s)
     configs = [llm_config_for(name, store.get(name).path, s, bind) for name, bind in zip(s.models, binds)]
 
-    ingress_cls = make_fastapi_ingress(OpenAiIngress, app=fastapi_app(s, key))
-    options = OpenAiIngress.get_deployment_options(configs)
+    ingress = ingress or OpenAiIngress
+    ingress_cls = make_fastapi_ingress(ingress, endpoint_map={**DEFAULT_ENDPOINTS, **(routes or {})},
+                                       app=fastapi_app(s, key, public_models))
+    options = ingress.get_deployment_options(configs)
     # A fixed ingress count unless autoscaling is asked for: Ray's default autoscales the ingress,
     # which on a small machine takes CPUs from the engines under load.
     if not s.autoscaling:
@@ -193,6 +204,7 @@ def build_app(args: dict[str, Any]):
         llm_deployments={c.model_id: build_llm_deployment(c) for c in configs},
         model_cards={c.model_id: to_model_metadata(c.model_id, c) for c in configs},
         lora_paths={},
+        **ingress_kwargs,
     )
 
 

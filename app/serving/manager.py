@@ -189,16 +189,18 @@ def check_capacity(s: ServingConfig, cluster_cpus: float) -> None:
 
 
 def deploy(home: Path, s: ServingConfig, progress: Callable[[str], None] = print,
-           replace: bool = False) -> dict[str, Any]:
+           replace: bool = False, application: Any = None) -> dict[str, Any]:
     """Deploy ``s`` on the connected cluster and wait until every model answers.
 
     ``replace`` removes the running application first and waits for its replicas to go, so a new
     setting never shares the machine with the old engines (the sweep measures one at a time).
+    ``application``: an application already built for ``s`` (an experiment's); by default :func:`build_app`'s.
     """
     from ray import serve
 
-    args = ServeAppArgs(home=str(home), serving=s).model_dump(mode="json")
-    application = build_app(args)  # fails here, before deploying, on bad args or missing models
+    if application is None:
+        args = ServeAppArgs(home=str(home), serving=s).model_dump(mode="json")
+        application = build_app(args)  # fails here, before deploying, on bad args or missing models
     if s.accelerator == "cpu":
         import ray
 

@@ -3,6 +3,12 @@
 One deployment serves the whole module (it takes minutes on two cores): correct answers through
 the official OpenAI client, streaming and not; bad requests answered 4xx while the server keeps
 serving; the API key; monitoring.
+
+The deployment is `app ab start`: the two models are also the arms of an A/A experiment behind the
+public name `assistant` (the same checkpoint twice: the noise baseline), so the traffic-splitting
+ingress, feedback, the live split, shadow calls, a restart of the ingress, the simulated users, the
+report and its dashboard are tested on the same engines. Every other model name goes through Ray's
+OpenAI ingress unchanged, which the other tests cover.
 """
 
 import contextlib
@@ -22,6 +28,7 @@ from tests.conftest import BIN, OWNER_VAR, free_port, owned_processes, owner_tok
 
 pytestmark = pytest.mark.integration
 SECOND = "smollm2-135m-instruct-b"
+EXPERIMENT, PUBLIC = "it-aa", "assistant"
 # Unique, so finding it in a file can only mean the key leaked there.
 KEY = "test-key-" + __import__("uuid").uuid4().hex
 KEY_VAR = "DOMAIN_LLM_TEST_SERVE_KEY"  # serving.api_key_env names it; the key itself is never a config value
@@ -55,9 +62,12 @@ def served(stored_model, home):
     port = PORT
     sets = ["--set", f"serving.models=[{stored_model.name}, {SECOND}]", "--set", f"serving.port={port}",
             "--set", f"serving.api_key_env={KEY_VAR}", "--set", "serving.max_prompt_chars=4000",
-            "--set", "serving.kv_cache_gib=1", "--set", "serving.engine_mode=eager", *PROXY]
+            "--set", "serving.kv_cache_gib=1", "--set", "serving.engine_mode=eager", *PROXY,
+            "--set", f"ab.experiment={EXPERIMENT}", "--set", f"ab.arms=[{{name: base, model: {stored_model.name}, "
+            f"weight: 0.5}}, {{name: twin, model: {SECOND}, weight: 0.5}}]", "--set", "ab.shadow.enabled=true",
+            "--set", "ab.shadow.fraction=0"]
     env = serve_env()
-    proc = run_cli("app", "serve", "up", *sets, env=env, timeout=1500)
+    proc = run_cli("app", "ab", "start", *sets, env=env, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     info = json.loads(proc.stdout[proc.stdout.index("{"):])
     yield {"url": info["url"], "models": [stored_model.name, SECOND], "sets": sets, "env": env, "info": info}
@@ -95,13 +105,13 @@ def client(served, key=KEY):
     return OpenAI(base_url=f"{served['url']}/v1", api_key=key, max_retries=0, timeout=120)
 
 
-# The module's `served` fixture deploys here (first test to use it): `app serve up` of two eager vLLM
+# The module's `served` fixture deploys here (first test to use it): `app ab start` of two eager vLLM
 # engines on CPU plus the correctness gate (minutes on two cores), up to the 1500 s the command itself
 # is given. 1800 s still leaves one such hang inside CI's 90 minutes.
 @pytest.mark.timeout(1800)
 def test_models_listed(served):
     ids = {m.id for m in client(served).models.list().data}
-    assert ids == set(served["models"])
+    assert ids == set(served["models"]) | {PUBLIC}
 
 
 def test_every_deployed_model_passed_the_correctness_gate(served, home):
@@ -164,6 +174,279 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(served):
         assert r.status_code == 401
         r = h.post(url, json=good, headers=auth)
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+
+
+# -- the A/B experiment in front of the two models ----------------------------------------------------
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def ask(h: httpx.Client, served, user: str, stream: bool = False, content: str = "What is the capital of Japan?",
+        max_tokens: int = 8) -> httpx.Response:
+    body = {"model": PUBLIC, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": stream}
+    return h.post(f"{served['url']}/v1/chat/completions", json=body, headers={**AUTH, "x-user-id": user})
+
+
+def ab_store(home):
+    from app.ab.store import ExperimentStore
+
+    return ExperimentStore(f"sqlite:///{home / 'ab.db'}")
+
+
+def wait_for_events(home, ids: set[str], timeout_s: float = 30) -> dict[str, dict]:
+    """The stored events of ``ids`` once every one is in the database (the writer commits in the background)."""
+    store = ab_store(home)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = {r["id"]: r for r in store.requests(EXPERIMENT) if r["id"] in ids}
+            if set(rows) == ids or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.5)
+    finally:
+        store.close()
+
+
+def streamed_text(r: httpx.Response) -> str:
+    lines = [ln[6:] for ln in r.text.splitlines() if ln.startswith("data: {")]
+    return "".join(json.loads(ln)["choices"][0]["delta"].get("content") or "" for ln in lines)
+
+
+def test_the_experiment_routes_each_user_to_one_arm_and_records_every_request(served, home):
+    arms_of = {"base": served["models"][0], "twin": SECOND}
+    seen, ids = {}, set()
+    with httpx.Client(timeout=120) as h:
+        for i in range(10):
+            user, arms = f"user-{i}", set()
+            for stream in (False, True):
+                r = ask(h, served, user, stream)
+                assert r.status_code == 200, r.text[:300]
+                assert r.headers["x-experiment"] == EXPERIMENT
+                arm = r.headers["x-experiment-arm"]
+                arms.add(arm)
+                ids.add(r.headers["x-experiment-request-id"])
+                if stream:
+                    assert r.text.rstrip().endswith("data: [DONE]") and "Tokyo" in streamed_text(r), r.text[-500:]
+                else:
+                    assert r.json()["model"] == arms_of[arm] and "Tokyo" in r.json()["choices"][0]["message"]["content"]
+            assert len(arms) == 1, (user, arms)  # sticky: a user's requests all land in one arm
+            seen[user] = arms.pop()
+        status = h.get(f"{served['url']}/v1/experiment", headers=AUTH).json()
+    assert set(seen.values()) == {"base", "twin"}, seen
+    assert status["experiment"] == EXPERIMENT and status["weights"] == {"base": 0.5, "twin": 0.5}
+    rows = wait_for_events(home, ids)
+    assert set(rows) == ids
+    for r in rows.values():
+        assert r["role"] == "served" and r["status"] == "ok" and r["arm"] == seen[r["unit"]]
+        assert r["model"] == arms_of[r["arm"]] and "Tokyo" in r["answer"] and r["e2e_ms"] > 0 and r["ttft_ms"] > 0
+        assert r["question"] == "What is the capital of Japan?" and r["output_tokens"] > 0
+
+
+def test_feedback_is_validated_and_stored_once(served, home):
+    url = f"{served['url']}/v1/feedback"
+    with httpx.Client(timeout=60) as h:
+        r = ask(h, served, "feedback-user")
+        rid = r.headers["x-experiment-request-id"]
+        ok = h.post(url, json={"request_id": rid, "thumbs_up": True, "rating": 4}, headers=AUTH)
+        assert ok.status_code == 201 and ok.json()["arm"] == r.headers["x-experiment-arm"], ok.text
+        cases = [
+            ({"request_id": rid, "thumbs_up": False}, 409, "already given"),
+            ({"request_id": "no-such-request", "thumbs_up": True}, 404, "no response with request id"),
+            ({"request_id": rid, "rating": 9}, 422, "1 to 5"),
+            ({"request_id": rid, "rating": True}, 422, "1 to 5"),
+            ({"request_id": rid}, 422, "thumbs_up (true/false) or rating"),
+            ({"request_id": rid, "thumbs_up": "yes"}, 422, "true or false"),
+            ({"request_id": rid, "thumbs_up": True, "score": 1}, 422, "unknown feedback fields"),
+            ([rid], 400, "JSON object"),
+        ]
+        for body, status, words in cases:
+            bad = h.post(url, json=body, headers=AUTH)
+            assert bad.status_code == status and words in bad.json()["error"]["message"], (body, bad.text)
+        assert h.post(url, content=b"{not json", headers={**AUTH, "content-type": "application/json"}).status_code == 400
+        assert h.post(url, json={"request_id": rid, "thumbs_up": True}).status_code == 401  # no API key
+        assert ask(h, served, "feedback-user").status_code == 200  # still serving
+    store = ab_store(home)
+    try:
+        stored = next(x for x in store.requests(EXPERIMENT) if x["id"] == rid)
+    finally:
+        store.close()
+    assert stored["thumbs_up"] is True and stored["rating"] == 4
+
+
+def _split(served, *args: str) -> None:
+    proc = run_cli("app", "ab", "split", *args, *served["sets"], env=served["env"], timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def _arms_of_new_users(h, served, prefix: str, n: int = 6) -> tuple[set[str], set[str]]:
+    arms, ids = set(), set()
+    for i in range(n):
+        r = ask(h, served, f"{prefix}-{i}")
+        assert r.status_code == 200, r.text[:300]
+        arms.add(r.headers["x-experiment-arm"])
+        ids.add(r.headers["x-experiment-request-id"])
+    return arms, ids
+
+
+def test_the_split_and_shadow_change_live_without_restarting_an_engine(served, home):
+    engines = sorted(p.pid for p in owned_processes(OWNER) if "EngineCore" in p.name() + " ".join(p.cmdline()[:1]))
+    assert len(engines) == 2
+    with httpx.Client(timeout=120) as h:
+        _split(served, "base=1", "twin=0", "--reason", "test: all to base")
+        deadline, arms = time.monotonic() + 30, set()
+        while time.monotonic() < deadline:
+            arms, _ = _arms_of_new_users(h, served, f"all-base-{int(time.monotonic())}")
+            if arms == {"base"}:
+                break
+            time.sleep(1)
+        assert arms == {"base"}
+        # Every base request is shadowed by the twin (the same checkpoint: the noise baseline).
+        _split(served, "base=1", "twin=0", "--shadow", "1")
+        time.sleep(5)  # the ingress polls the split every 2 s
+        _, served_ids = _arms_of_new_users(h, served, "shadowed")
+        _split(served, "base=0.5", "twin=0.5", "--shadow", "0", "--reason", "test: back to the start")
+        time.sleep(5)
+        arms, _ = _arms_of_new_users(h, served, "after", 10)
+        assert arms == {"base", "twin"}
+    store = ab_store(home)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            shadows = [r for r in store.requests(EXPERIMENT, role="shadow") if r["primary_id"] in served_ids]
+            if len(shadows) == len(served_ids):
+                break
+            time.sleep(1)
+        splits = store.splits(EXPERIMENT)
+    finally:
+        store.close()
+    assert len(shadows) == len(served_ids), shadows
+    assert all(r["arm"] == "twin" and r["status"] == "ok" and "Tokyo" in r["answer"] for r in shadows), shadows
+    assert [s["reason"] for s in splits][-3:] == ["test: all to base", "set by hand", "test: back to the start"]
+    assert sorted(p.pid for p in owned_processes(OWNER) if "EngineCore" in p.name() + " ".join(p.cmdline()[:1])) == engines
+
+
+def _ingress_processes() -> list:
+    import psutil
+
+    out = []
+    for p in owned_processes(OWNER):
+        with contextlib.suppress(psutil.Error):
+            if "ExperimentIngress" in " ".join(p.cmdline()) + p.name():
+                out.append(p)
+    return out
+
+
+@pytest.mark.timeout(600)
+def test_a_restarted_ingress_loses_no_event(served, home):
+    """Fault: SIGKILL of the traffic-splitting replica (its event writer with it) while 3 users keep asking.
+    Serve starts a new replica; the engines stay up. Every request answered before or after the
+    restart is in the database: the new writer replays what the dead one had spooled."""
+    import signal
+    import threading
+
+    before = _ingress_processes()
+    assert len(before) == 1, before
+    answered: list[tuple[float, str]] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def user(i: int) -> None:
+        with httpx.Client(timeout=120) as h:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    r = ask(h, served, f"restart-{i}-{n}")
+                except httpx.HTTPError as exc:
+                    failures.append(type(exc).__name__)
+                    time.sleep(0.5)
+                    continue
+                if r.status_code == 200:
+                    answered.append((time.monotonic(), r.headers["x-experiment-request-id"]))
+                else:
+                    failures.append(str(r.status_code))
+                    time.sleep(0.5)
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 120
+        while len(answered) < 6 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        before[0].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        deadline = killed_at + 300
+        while time.monotonic() < deadline and sum(t > killed_at + 1 for t, _ in answered) < 6:
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(150)
+    after = [rid for t, rid in answered if t > killed_at + 1]
+    assert len(after) >= 6, f"no recovery within 300 s: {failures[-5:]}"
+    now = _ingress_processes()
+    assert now and before[0].pid not in [p.pid for p in now]
+    ids = {rid for _, rid in answered}
+    rows = wait_for_events(home, ids, timeout_s=60)
+    print(f"\n{len(ids)} answered ({len(ids) - len(after)} before the kill), {len(failures)} failed during the restart; "
+          f"{len(rows)} stored")
+    assert set(rows) == ids, sorted(ids - set(rows))[:5]
+
+
+def test_simulated_users_the_report_mlflow_and_the_dashboard(served, qa_build, home, mlflow_uri, browser):
+    """A/A: the simulated users ask test-split questions through the public name and rate what they got with
+    the evaluation's rule; the report finds no winner between two copies of one checkpoint, its sample
+    ratio is fine, it lands in one MLflow run per experiment, and its page renders in Chromium."""
+    import mlflow
+    from selenium.webdriver.common.by import By
+
+    from app.ab.run import dashboard_app
+    from app.accounts import AccountStore
+    from app.config import load_config
+    from tests.conftest import page_wait, text_of, web_server
+
+    sim = [*served["sets"], "--set", "data.name=it-build", "--set", "evaluation.max_new_tokens=24",
+           "--set", "ab.simulation.users=12", "--set", "ab.simulation.concurrency=3",
+           "--set", "ab.simulation.look_every_s=5", "--set", f"tracking.uri={mlflow_uri}"]
+    proc = run_cli("app", "ab", "simulate", *sim, env=served["env"], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
+    tally = result["tally"]
+    assert tally["requests"] == 24 and tally["http_errors"] == 0 and tally["feedback_errors"] == 0, tally
+    decision = result["report"]["decisions"]["twin"]
+    assert decision["outcome"] != "winner", decision  # the same checkpoint twice
+    assert not result["report"]["srm"]["alarm"]
+    again = run_cli("app", "ab", "report", *sim, env=served["env"], timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    client = mlflow.MlflowClient(mlflow_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              f"tags.`ab.experiment` = '{EXPERIMENT}'")
+    assert len(runs) == 1 and runs[0].info.run_id == result["mlflow_run_id"]
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id, "ab")} >= {"ab/report.json", "ab/dashboard.html"}
+    assert len(client.get_metric_history(runs[0].info.run_id, "twin.units")) >= 1
+
+    cfg = load_config(None, sim[1::2])  # sim is --set KEY=VALUE pairs
+    accounts = AccountStore(cfg.accounts.url(home))
+    name = "analyst-" + __import__("uuid").uuid4().hex[:6]
+    accounts.add(name, "analyst password 1", ["analyst"])
+    with web_server(dashboard_app(cfg)) as base:
+        assert httpx.get(f"{base}/api/experiments/{EXPERIMENT}").status_code == 401
+        browser.get(f"{base}/experiments/{EXPERIMENT}")
+        wait = page_wait(browser)
+        wait.until(lambda d: d.find_elements(By.ID, "login"))
+        browser.find_element(By.ID, "name").send_keys(name)
+        browser.find_element(By.ID, "password").send_keys("analyst password 1")
+        browser.find_element(By.ID, "login").click()
+        wait.until(lambda d: text_of(d, "decision-twin"))
+        assert text_of(browser, "decision-twin") in ("keep running", "no difference")
+        assert text_of(browser, "srm").startswith("Sample ratio: ok")
+        assert browser.find_elements(By.CSS_SELECTOR, "#chart-twin svg"), browser.page_source[:2000]
+        rows = browser.find_elements(By.CSS_SELECTOR, "#arms tr")
+        assert len(rows) == 3  # header, base, twin
+        browser.get(f"{base}/api/experiments/no-such-experiment")
+        assert "no experiment" in browser.page_source
 
 
 def test_status_and_stats(served):

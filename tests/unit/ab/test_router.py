@@ -176,3 +176,17 @@ def test_units_outside_the_coverage_get_the_baseline_uncounted():
     asyncio.run(go())
     outside = [e for e in sink.events if e["role"] == "outside"]
     assert 60 < len(outside) < 140 and all(e["arm"] == "base" for e in outside)
+
+
+def test_the_serve_adapter_reads_every_shape_a_model_deployment_streams():
+    """Ray's LLM deployments yield pydantic responses, dicts, SSE strings or batches of them."""
+    from app.ab.deployment import chunks_of
+    from ray.llm._internal.serve.core.configs.openai_api_models import ErrorInfo, ErrorResponse
+
+    sse = 'data: {"choices": [{"delta": {"content": "a"}}]}\n\ndata: {"choices": [{"delta": {"content": "b"}}]}\n\n'
+    assert [c["choices"][0]["delta"]["content"] for c in chunks_of([sse, "data: [DONE]\n\n"])] == ["a", "b"]
+    assert chunks_of({"x": 1}) == [{"x": 1}]
+    err = chunks_of(ErrorResponse(error=ErrorInfo(message="boom", type="BadRequest", code=400)))
+    assert err[0]["error"]["message"] == "boom" and err[0]["error"]["code"] == 400
+    with pytest.raises(TypeError):
+        chunks_of(3)
