@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import signal
 import subprocess
@@ -341,6 +342,20 @@ def _start_run(
         mlflow.log_dict({"git": git, "inputs": inputs or {}, "config_hash": digest, "python": sys.version,
                          "tracking_uri": uri}, "environment/provenance.json")
         yield run
+
+
+def finite(value: Any) -> Any:
+    """``value`` as strict JSON allows it, recursively: NaN and infinities as None, tuples as lists, numpy
+    scalars as Python numbers (reports written to disk and logged as MLflow artifacts)."""
+    if hasattr(value, "item") and type(value).__module__ == "numpy":
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def log_step_metrics(metrics: dict[str, float], step: int) -> None:

@@ -19,6 +19,7 @@ delta method's, so a user asking many questions does not count as many independe
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -27,9 +28,17 @@ import numpy as np
 
 from app.ab.config import AbConfig
 from app.ab.decide import decide
-from app.ab.stats import (SequentialState, compare_latency, compare_ratio, holm, srm_check, units_for_mean,
-                          units_for_rate)
+from app.ab.stats import (
+    SequentialState,
+    compare_latency,
+    compare_ratio,
+    holm,
+    srm_check,
+    units_for_mean,
+    units_for_rate,
+)
 from app.ab.store import ExperimentStore
+from app.tracking import finite
 
 PRIMARY_VALUE: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "thumbs_up": lambda r: None if r.get("thumbs_up") is None else float(bool(r["thumbs_up"])),
@@ -69,6 +78,24 @@ def reference_for(question: str, references: dict[str, str]) -> str | None:
     tail = question.rstrip()
     best = max((q for q in references if q and tail.endswith(q)), key=len, default=None)
     return references[best] if best else None
+
+
+def expected_units(served: list[dict[str, Any]], splits: list[dict[str, Any]],
+                   default: dict[str, float]) -> dict[str, float]:
+    """Units each arm should have, each unit counted under the split in force at its first request: a live
+    change of the split (a ramp-up, a promotion) is not a sample-ratio mismatch."""
+    first: dict[str, str] = {}
+    for r in sorted(served, key=lambda r: r["created_at"]):
+        first.setdefault(r["unit"], r["created_at"])
+    times = [sp["at"] for sp in splits]
+    out: dict[str, float] = defaultdict(float)
+    for at in first.values():
+        i = bisect_right(times, at) - 1
+        w = splits[max(i, 0)]["weights"] if splits else default
+        total = sum(w.values()) or 1.0
+        for arm, x in w.items():
+            out[arm] += x / total
+    return dict(out)
 
 
 def _per_unit(rows: list[dict[str, Any]], value: Callable[[dict[str, Any]], float | None]) -> list[tuple[float, float]]:
@@ -154,13 +181,14 @@ def analyse(store: ExperimentStore, cfg: AbConfig, references: dict[str, str] | 
     by_arm: dict[str, list[dict[str, Any]]] = {a.name: [] for a in cfg.arms}
     for r in served:
         by_arm.setdefault(r["arm"], []).append(r)
-    latest = store.latest_split(cfg.experiment)
-    weights = latest["weights"] if latest else {a.name: a.weight for a in cfg.arms}
+    splits = store.splits(cfg.experiment)
+    weights = splits[-1]["weights"] if splits else {a.name: a.weight for a in cfg.arms}
     units = {arm: len({r["unit"] for r in rs}) for arm, rs in by_arm.items()}
-    live = {a: w for a, w in weights.items() if w > 0}
+    expected = expected_units(served, splits, {a.name: a.weight for a in cfg.arms})
+    live = {a: e for a, e in expected.items() if e > 0}
     srm = srm_check({a: units.get(a, 0) for a in live}, live) if len(live) > 1 and sum(units.values()) else \
         {"alarm": False, "p_value": None, "observed": units, "expected": None,
-         "note": "one arm has all the traffic (a promoted winner): no ratio to check"}
+         "note": "one arm has had all the traffic (a promoted winner): no ratio to check"}
     tau2 = _tau2(cfg)
     planned = planned_units(cfg)
     alpha = cfg.decision.alpha
@@ -187,7 +215,7 @@ def analyse(store: ExperimentStore, cfg: AbConfig, references: dict[str, str] | 
         if latency is not None:
             family.append(latency)
         adjusted = holm(family)
-        comparisons[arm] = [_clean(c.to_dict()) for c in adjusted]
+        comparisons[arm] = [finite(c.to_dict()) for c in adjusted]
         decisions[arm] = decide(cfg.baseline, arm, adjusted[0], srm, cfg.decision, planned, errors=errors,
                                 latency=latency).to_dict()
         timelines[arm] = looks
@@ -196,9 +224,9 @@ def analyse(store: ExperimentStore, cfg: AbConfig, references: dict[str, str] | 
             "sequential": cfg.decision.sequential, "alpha": alpha, "generated": datetime.now(timezone.utc).isoformat(),
             "power": {"planned_units_per_arm": planned, "mde_relative": cfg.decision.mde_relative,
                       "power": cfg.decision.power, "expected_rate": cfg.decision.expected_rate},
-            "per_arm": {arm: arm_summary(rs) for arm, rs in by_arm.items()}, "srm": _clean(srm),
+            "per_arm": {arm: arm_summary(rs) for arm, rs in by_arm.items()}, "srm": finite(srm),
             "comparisons": comparisons, "decisions": decisions, "timeline": timelines,
-            "shadow": shadow_summary(shadow), "splits": store.splits(cfg.experiment)}
+            "shadow": shadow_summary(shadow), "splits": splits}
 
 
 def shadow_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -217,19 +245,6 @@ def shadow_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out["domain_correct"] = (float(np.mean([r["domain_correct"] for r in ok if r.get("domain_correct") is not None]))
                              if any(r.get("domain_correct") is not None for r in ok) else None)
     return out
-
-
-def _clean(value: Any) -> Any:
-    """NaN and infinities as None (JSON has neither), tuples as lists, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        return _clean(value.item())
-    return value
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -233,7 +233,7 @@ def log_to_mlflow(cfg: ExperimentConfig, result: dict[str, Any], out: Path, conf
                                max_results=1, output_format="list")
     resume = found[0].info.run_id if found else None
     step = int(time.time())
-    with start_run(cfg, "ab", config_path, run_name=f"ab-{cfg.ab.experiment}", resume_run_id=resume,
+    with start_run(cfg, "ab_test", config_path, run_name=f"ab-{cfg.ab.experiment}", resume_run_id=resume,
                    tags={EXPERIMENT_TAG: cfg.ab.experiment}) as run:
         metrics: dict[str, float] = {}
         for arm, s in result["per_arm"].items():

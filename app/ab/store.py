@@ -276,6 +276,8 @@ class EventWriter:
         for path in sorted(self.spool_dir.glob("*.jsonl")):
             if path in self._uncommitted:  # this writer's own
                 continue
+            if _owner_alive(path):  # another live writer's (an ingress replica beside this one)
+                continue
             events = list(_read_spool(path))
             for i in range(0, len(events), self.batch):
                 self._insert(events[i:i + self.batch])
@@ -283,6 +285,20 @@ class EventWriter:
             path.unlink(missing_ok=True)
         self.stats["replayed"] += total
         return total
+
+
+def _owner_alive(path: Path) -> bool:
+    """Whether the process that named a spool file ``<pid>-<id>.jsonl`` still runs (not this one)."""
+    pid = path.name.split("-", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _read_spool(path: Path) -> Iterable[dict[str, Any]]:

@@ -50,6 +50,7 @@ from app.quantize.checkpoint import (
     size_report,
     weight_scheme,
 )
+from app.tracking import finite
 
 # Deferred imports: torch, transformers, numpy, pandas and matplotlib are imported inside the
 # functions that use them, for start-up time: the stage and the CLI import this module.
@@ -709,7 +710,7 @@ def analyze(source_dir: Path, variants: dict[str, Path], *, base_dir: Path | Non
     else:
         definition = "next-token perplexity over all tokens of each text (no chat template to find answers by)"
     step("done")
-    return _finite({
+    return finite({
         "source": str(source_dir), "base": str(base_dir) if base_dir else None,
         "settings": {"seed": SEED, "max_seq_len": max_seq_len, "compute_dtype": "float32",
                      "heldout_texts": len(heldout), "heldout_tokens": tokens,
@@ -728,17 +729,6 @@ def analyze(source_dir: Path, variants: dict[str, Path], *, base_dir: Path | Non
                        "models": ppl},
         "lora": lora,
     })
-
-
-def _finite(x: Any) -> Any:
-    """``x`` with every infinite or NaN float replaced by None (strict JSON has neither)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 # -- the report ----------------------------------------------------------------------------------------

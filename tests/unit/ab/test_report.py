@@ -116,3 +116,19 @@ def test_a_prompted_question_finds_its_reference():
     assert reference_for("What is X?", refs) == "X is a thing."
     assert reference_for("Answer using the context.\n\nContext:\nX...\n\nQuestion: What is X?\n", refs) == "X is a thing."
     assert reference_for("Something else", refs) is None
+
+
+def test_a_live_change_of_the_split_is_not_a_sample_ratio_mismatch(tmp_path):
+    """All traffic to the baseline for a while, then 50/50 again: expected units follow each period's split."""
+    store = fill(tmp_path, {"base": 0.5, "finetuned": 0.5}, users=100, seed=5)
+    store.record_split("exp", {"base": 1.0, "finetuned": 0.0}, "ramp-down")
+    writer = EventWriter(str(store.engine.url), tmp_path / "spool2", interval_s=0.02)
+    for u in range(60):
+        writer.record({"id": f"late-{u}", "experiment": "exp", "unit": f"late-{u}", "arm": "base",
+                       "model": "smollm2-135m-instruct", "role": "served", "status": "ok", "e2e_ms": 100.0})
+    assert writer.flush(30)
+    writer.close()
+    store.record_split("exp", {"base": 0.5, "finetuned": 0.5}, "back")
+    report = analyse(store, ab_config())
+    assert not report["srm"]["alarm"], report["srm"]
+    assert report["srm"]["expected"]["base"] > report["srm"]["expected"]["finetuned"] + 50

@@ -1,5 +1,7 @@
 """The experiment database on real SQLite: nothing lost across a lock or a restart; feedback validated."""
 
+import json
+import os
 import sqlite3
 import threading
 import time
@@ -114,3 +116,18 @@ def test_split_changes_are_kept_in_order(tmp_path):
     store.record_split("exp", {"base": 0.5, "ft": 0.5}, "start")
     store.record_split("exp", {"base": 0.0, "ft": 1.0}, "promoted ft")
     assert [s["reason"] for s in store.splits("exp")] == ["start", "promoted ft"]
+
+
+def test_a_live_writers_spool_is_left_to_it(tmp_path):
+    """Two ingress replicas on one node share the spool folder: a starting writer replays the files of dead
+    processes only, never the open file of a live one (which would lose what it appends next)."""
+    url = f"sqlite:///{tmp_path / 'ab.db'}"
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    live = spool / f"{os.getppid()}-abcd1234.jsonl"  # the test runner's parent: alive
+    live.write_text(json.dumps(event(1)) + "\n")
+    dead = spool / "999999999-abcd1234.jsonl"  # beyond any pid: dead
+    dead.write_text(json.dumps(event(2)) + "\n")
+    w = EventWriter(url, spool, interval_s=0.05)
+    assert w.stats["replayed"] == 1 and live.exists() and not dead.exists()
+    w.close()
