@@ -176,7 +176,195 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(served):
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
 
 
+def test_status_and_stats(served):
+    proc = run_cli("app", "serve", "status", *served["sets"], env=served["env"], timeout=120)
+    assert proc.returncode == 0 and "application llm: RUNNING" in proc.stdout, proc.stdout + proc.stderr
+    proc = run_cli("app", "serve", "stats", "--interval", "1", *served["sets"], env=served["env"], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for model in served["models"]:
+        assert model in proc.stdout
+
+
+
+def test_ray_dashboard_llm_panels_have_data(served):
+    """Ray writes Grafana dashboards for its own dashboard's Metrics view; the Serve LLM one must find
+    every engine metric it charts (TTFT, TPOT, latency, KV cache, queue, throughput) in our export.
+    NIXL, swapping, external prefix caches and KV offload do not apply to one CPU engine."""
+    import re
+
+    from app.serving.monitor import scrape
+
+    # The cache-hit panel has data once a prompt's prefix was served before: send one twice.
+    again = {"model": served["models"][0], "max_tokens": 2,
+             "messages": [{"role": "user", "content": "Repeat after me. " + "alpha beta gamma " * 200}]}
+    with httpx.Client(timeout=120) as h:
+        for _ in range(2):
+            r = h.post(f"{served['url']}/v1/chat/completions", json=again, headers={"Authorization": f"Bearer {KEY}"})
+            assert r.status_code == 200, r.text[:300]
+    dash = Path("/tmp/ray/session_latest/metrics/grafana/dashboards/serve_llm_grafana_dashboard.json")
+    charted = {n for n in re.findall(r"ray_vllm_[a-z0-9_]+", dash.read_text())
+               if not re.search("nixl|swapped|offload|external", n) and n != "ray_vllm_e"}
+    # Ray's metrics agent exports what the engine recorded every few seconds: poll a little.
+    for _ in range(30):
+        exported = {name for name, _, _ in scrape("http://127.0.0.1:8080/metrics")}
+        if charted <= exported:
+            break
+        time.sleep(2)
+    assert len(charted) > 15 and charted <= exported, sorted(charted - exported)
+
+def test_dataset_generation_through_the_served_model(served, mlflow_uri, tmp_path):
+    """`app dataset build` asks the running endpoint for questions (answer-first, guided), without redeploying."""
+    from app.data.corpus import export_stdlib_docs
+
+    docs = tmp_path / "docs"
+    export_stdlib_docs(docs, progress=lambda _: None, modules=["heapq", "bisect"], topics=["if", "while"])
+    # min_chunks: asked even though extraction alone reaches this small target.
+    sets = [*served["sets"], "--set", "data.name=served-gen", "--set", "data.generation.max_chunks=6",
+            "--set", "data.generation.min_chunks=6", "--set", "data.target_pairs=1", "--set", "data.min_test_pairs=0",
+            "--set", f"data.review_db=sqlite:///{tmp_path / 'review.db'}"]
+    proc = run_cli("app", "dataset", "build", "--docs", str(docs), *sets, env=served["env"], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "using the running Serve endpoint" in proc.stdout
+    out = Path(summary_json(proc.stdout)["path"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    gen = manifest["generation"]
+    assert gen["mode"] == "answer_first" and gen["guided"] and gen["chunks"] == 6
+    # These stdlib pages are mostly definition lists: few prose sentences have a subject or condition to ask about.
+    assert gen["requests"] >= 1 and gen["request_errors"] == 0
+    assert served["url"] in gen["endpoint"]
+    assert manifest["quality"]["llm_question"]["candidates"] >= 1
+    rows = pd.concat([pd.read_json(out / "rejected.jsonl", lines=True),
+                      *(pd.read_parquet(out / f"{s}.parquet") for s in ("train", "validation", "test"))])
+    llm = rows[rows["generator"] == "llm_question"]
+    assert len(llm) == manifest["quality"]["llm_question"]["candidates"]
+    # Guided decoding: replies are questions (one cut by max_tokens at most), answers are sentences of their chunk.
+    asked = llm["question"].fillna("").str.endswith("?")
+    assert asked.sum() >= len(llm) - 1
+    assert (asked | llm["reject_reason"].fillna("").str.startswith("malformed")).all()
+    assert all(" ".join(a.split()) in " ".join(c.split()) for a, c in zip(llm["answer"], llm["context"]))
+
+
+# -- evaluation through the served models ------------------------------------------------------------
+
+EVAL = ["--set", "data.name=it-build", "--set", "evaluation.max_new_tokens=24", "--set", "evaluation.bootstrap_samples=300",
+        "--set", "prompt.max_context_tokens=128"]
+
+
+def eval_run(served, *extra: str) -> dict:
+    models = f"evaluation.models=[{served['models'][0]}, {served['models'][1]}]"
+    proc = run_cli("app", "eval", "run", *served["sets"], *EVAL, "--set", models, *extra, env=served["env"], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return summary_json(proc.stdout)
+
+
+def test_eval_run_on_the_test_split(served, qa_build, home, mlflow_uri):
+    """Two models through the Serve endpoint: the same checkpoint under two names, so every paired
+    difference must be exactly zero (a broken pairing or a nondeterministic path would show)."""
+    import mlflow
+
+    # One request at a time per model: bf16 CPU kernels are not batch-invariant, so the same checkpoint
+    # answers the same prompt identically only when the batches it runs in are the same (size one).
+    result = eval_run(served, "--set", "evaluation.max_examples=8", "--set", "evaluation.run_name=it-eval",
+                      "--set", "evaluation.concurrency=1")
+    base, second = served["models"]
+    out = home / "eval" / "it-eval"
+    table = pd.read_parquet(out / "examples.parquet")
+    n = min(8, len(pd.read_parquet(Path(qa_build["summary"]["path"]) / "test.parquet")))
+    assert len(table) == n and result["examples"] == n
+    assert (table[f"{base}__answer"] == table[f"{second}__answer"]).all() and (table[f"{base}__error"] == "").all()
+    assert table[f"{base}__answer"].str.len().gt(0).all()
+    summary = json.loads((out / "summary.json").read_text())
+    cmp = summary["comparisons"][second]["domain_correct"]
+    assert cmp["difference"] == 0 and cmp["p_permutation"] == 1.0 and cmp["wins_a"] == cmp["wins_b"] == 0
+    acc = summary["means"][base]["domain_correct"]
+    assert acc["low"] <= acc["mean"] <= acc["high"]
+    for k in ("bleu", "rouge1", "rouge2", "rougeL", "semantic_similarity", "token_f1", "exact_match"):
+        assert 0 <= summary["means"][base][k]["mean"] <= 1, k
+    report = (out / "report.md").read_text()
+    assert "## Paired comparisons" in report and "## By topic" in report and "## By origin" in report
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
+    run = mlflow.MlflowClient().get_run(result["run_id"])
+    assert run.data.tags["app.stage"] == "evaluate"
+    assert run.data.metrics[f"{base}.domain_correct"] == pytest.approx(acc["mean"])
+    assert f"{second}.examples_per_s" in run.data.metrics
+    shown = run_cli("app", "eval", "compare", "it-eval", env=served["env"], timeout=120)
+    assert shown.returncode == 0 and "domain accuracy" in shown.stdout and second in shown.stdout, shown.stderr
+
+    # Human evaluation of this run from the command line: a study, ratings through the API, the report.
+    made = run_cli("app", "eval", "human", "create", "it-study", "--annotators", "ann,bob", "--run", "it-eval",
+                   "--set", "evaluation.human.examples=3", env=served["env"], timeout=120)
+    assert made.returncode == 0, made.stderr
+    tokens = json.loads(made.stdout)["tokens"]
+    from app.config import load_config
+    from app.eval.human_web import create_app
+    from app.eval.run import human_store
+    from tests.conftest import web_server
+
+    store = human_store(load_config(None, []))
+    with web_server(create_app(store)) as url:
+        for who, offset in (("ann", 0), ("bob", 1)):
+            sid = httpx.post(url + "/api/login", json={"study": "it-study", "name": who, "token": tokens[who]}).json()["session"]
+            auth = {"Authorization": f"Bearer {sid}"}
+            while (item := httpx.get(url + "/api/next", headers=auth).json()) is not None:
+                body = ({"preference": "tie"} if item["kind"] == "pair" else
+                        {"correctness": 1 + (item["item_id"] + offset * (item["item_id"] % 2)) % 5, "groundedness": 3,
+                         "helpfulness": 4})
+                assert httpx.post(url + "/api/rate", json={"item_id": item["item_id"], **body}, headers=auth).status_code == 200
+    store.close()
+    rep = run_cli("app", "eval", "human", "report", "it-study", env=served["env"], timeout=300)
+    assert rep.returncode == 0, rep.stdout[-2000:] + rep.stderr[-2000:]
+    human = json.loads((out / "human-it-study.json").read_text())
+    assert human["ratings"] == human["expected"] == 2 * 3 * 3  # 3 examples x (2 single + 1 pair) x 2 annotators
+    assert human["agreement"]["correctness"]["krippendorff_alpha"] is not None
+    assert "## Human evaluation: inter-annotator agreement" in (out / "report.md").read_text()
+    assert "human.correctness.krippendorff_alpha" in mlflow.MlflowClient().get_run(result["run_id"]).data.metrics
+
+
+def test_eval_run_on_a_users_questions_with_retrieved_context(served, qa_docs, home, tmp_path, mlflow_uri):
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("\n".join(json.dumps(q) for q in [
+        {"question": "What does json.dumps return?", "answer": "A str with obj serialized as JSON.", "topic": "json"},
+        {"question": "Which function pushes an item onto a heap?", "answer": "heapq.heappush(heap, item).", "topic": "heapq"},
+        {"question": "How long are invoices stored?", "answer": "Seven years.", "context": "Invoices are kept seven years."},
+    ]) + "\n")
+    # The served base model also judges the answers (too small to judge well: this checks the path).
+    result = eval_run(served, "--set", f"evaluation.test_set={questions}", "--set", f"evaluation.retrieval.corpus_dir={qa_docs}",
+                      "--set", "evaluation.run_name=it-eval-jsonl",
+                      "--set", f"evaluation.judge.model={{name: judge, model: {served['models'][0]}}}")
+    table = pd.read_parquet(home / "eval" / "it-eval-jsonl" / "examples.parquet").set_index("question")
+    summary = json.loads((home / "eval" / "it-eval-jsonl" / "summary.json").read_text())
+    base, second = served["models"]
+    # A verdict is 1 or 0; a reply with none (abstained, contradictory, unparsed) is NaN and left out.
+    # Not asserted: the same verdicts for the two names of one checkpoint. Their answers are the same,
+    # but one reply read "The answer is correct.", its twin "The answer is incorrect. The reference
+    # answer is correct." (2026-12-03, eager bf16 engines, the same with one request at a time). The
+    # likely cause: the judge sees each judge prompt a second time, with its prefix cached (prefix
+    # caching is on), and in bf16 that path can compute slightly other logits.
+    for model in (base, second):
+        assert table[f"{model}__judge_reply"].str.len().gt(0).all(), model
+        assert set(table[f"{model}__judge_correct"].dropna()) <= {0.0, 1.0}, model
+        facts = summary["facts"]["judge"]["per_model"][model]
+        assert facts["asked"] == 3 and facts["excluded"] == int(table[f"{model}__judge_correct"].isna().sum())
+        if facts["excluded"] < 3:
+            assert result["judge_accuracy"][model]["mean"] == summary["means"][model]["judge_correct"]["mean"]
+    assert table["context_source"].tolist().count("retrieved:bm25") == 2
+    assert "json.dumps" in table.loc["What does json.dumps return?", "context"]
+    assert "heappush" in table.loc["Which function pushes an item onto a heap?", "context"]
+    assert table.loc["How long are invoices stored?", "context"] == "Invoices are kept seven years."
+    report = (home / "eval" / "it-eval-jsonl" / "report.md").read_text()
+    assert "with context retrieved by bm25" in report and "| LLM-judge accuracy |" in report
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "no answer here?"}\n')
+    proc = run_cli("app", "eval", "run", *served["sets"], *EVAL, "--set", f"evaluation.test_set={bad}",
+                   env=served["env"], timeout=300)
+    assert proc.returncode == 1 and "line 1: no answer" in proc.stderr
+
+
 # -- the A/B experiment in front of the two models ----------------------------------------------------
+# After the evaluation tests: the simulated users send test-split prompts to one engine or the other, and
+# a prompt prefix cached by one engine and not its twin changes bf16 numerics, so the evaluation's
+# "same checkpoint, same answers" check failed in CI when these ran first (2026-12-03).
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -447,191 +635,6 @@ def test_simulated_users_the_report_mlflow_and_the_dashboard(served, qa_build, h
         assert len(rows) == 3  # header, base, twin
         browser.get(f"{base}/api/experiments/no-such-experiment")
         assert "no experiment" in browser.page_source
-
-
-def test_status_and_stats(served):
-    proc = run_cli("app", "serve", "status", *served["sets"], env=served["env"], timeout=120)
-    assert proc.returncode == 0 and "application llm: RUNNING" in proc.stdout, proc.stdout + proc.stderr
-    proc = run_cli("app", "serve", "stats", "--interval", "1", *served["sets"], env=served["env"], timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    for model in served["models"]:
-        assert model in proc.stdout
-
-
-
-def test_ray_dashboard_llm_panels_have_data(served):
-    """Ray writes Grafana dashboards for its own dashboard's Metrics view; the Serve LLM one must find
-    every engine metric it charts (TTFT, TPOT, latency, KV cache, queue, throughput) in our export.
-    NIXL, swapping, external prefix caches and KV offload do not apply to one CPU engine."""
-    import re
-
-    from app.serving.monitor import scrape
-
-    # The cache-hit panel has data once a prompt's prefix was served before: send one twice.
-    again = {"model": served["models"][0], "max_tokens": 2,
-             "messages": [{"role": "user", "content": "Repeat after me. " + "alpha beta gamma " * 200}]}
-    with httpx.Client(timeout=120) as h:
-        for _ in range(2):
-            r = h.post(f"{served['url']}/v1/chat/completions", json=again, headers={"Authorization": f"Bearer {KEY}"})
-            assert r.status_code == 200, r.text[:300]
-    dash = Path("/tmp/ray/session_latest/metrics/grafana/dashboards/serve_llm_grafana_dashboard.json")
-    charted = {n for n in re.findall(r"ray_vllm_[a-z0-9_]+", dash.read_text())
-               if not re.search("nixl|swapped|offload|external", n) and n != "ray_vllm_e"}
-    # Ray's metrics agent exports what the engine recorded every few seconds: poll a little.
-    for _ in range(30):
-        exported = {name for name, _, _ in scrape("http://127.0.0.1:8080/metrics")}
-        if charted <= exported:
-            break
-        time.sleep(2)
-    assert len(charted) > 15 and charted <= exported, sorted(charted - exported)
-
-def test_dataset_generation_through_the_served_model(served, mlflow_uri, tmp_path):
-    """`app dataset build` asks the running endpoint for questions (answer-first, guided), without redeploying."""
-    from app.data.corpus import export_stdlib_docs
-
-    docs = tmp_path / "docs"
-    export_stdlib_docs(docs, progress=lambda _: None, modules=["heapq", "bisect"], topics=["if", "while"])
-    # min_chunks: asked even though extraction alone reaches this small target.
-    sets = [*served["sets"], "--set", "data.name=served-gen", "--set", "data.generation.max_chunks=6",
-            "--set", "data.generation.min_chunks=6", "--set", "data.target_pairs=1", "--set", "data.min_test_pairs=0",
-            "--set", f"data.review_db=sqlite:///{tmp_path / 'review.db'}"]
-    proc = run_cli("app", "dataset", "build", "--docs", str(docs), *sets, env=served["env"], timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "using the running Serve endpoint" in proc.stdout
-    out = Path(summary_json(proc.stdout)["path"])
-    manifest = json.loads((out / "manifest.json").read_text())
-    gen = manifest["generation"]
-    assert gen["mode"] == "answer_first" and gen["guided"] and gen["chunks"] == 6
-    # These stdlib pages are mostly definition lists: few prose sentences have a subject or condition to ask about.
-    assert gen["requests"] >= 1 and gen["request_errors"] == 0
-    assert served["url"] in gen["endpoint"]
-    assert manifest["quality"]["llm_question"]["candidates"] >= 1
-    rows = pd.concat([pd.read_json(out / "rejected.jsonl", lines=True),
-                      *(pd.read_parquet(out / f"{s}.parquet") for s in ("train", "validation", "test"))])
-    llm = rows[rows["generator"] == "llm_question"]
-    assert len(llm) == manifest["quality"]["llm_question"]["candidates"]
-    # Guided decoding: replies are questions (one cut by max_tokens at most), answers are sentences of their chunk.
-    asked = llm["question"].fillna("").str.endswith("?")
-    assert asked.sum() >= len(llm) - 1
-    assert (asked | llm["reject_reason"].fillna("").str.startswith("malformed")).all()
-    assert all(" ".join(a.split()) in " ".join(c.split()) for a, c in zip(llm["answer"], llm["context"]))
-
-
-# -- evaluation through the served models ------------------------------------------------------------
-
-EVAL = ["--set", "data.name=it-build", "--set", "evaluation.max_new_tokens=24", "--set", "evaluation.bootstrap_samples=300",
-        "--set", "prompt.max_context_tokens=128"]
-
-
-def eval_run(served, *extra: str) -> dict:
-    models = f"evaluation.models=[{served['models'][0]}, {served['models'][1]}]"
-    proc = run_cli("app", "eval", "run", *served["sets"], *EVAL, "--set", models, *extra, env=served["env"], timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return summary_json(proc.stdout)
-
-
-def test_eval_run_on_the_test_split(served, qa_build, home, mlflow_uri):
-    """Two models through the Serve endpoint: the same checkpoint under two names, so every paired
-    difference must be exactly zero (a broken pairing or a nondeterministic path would show)."""
-    import mlflow
-
-    # One request at a time per model: bf16 CPU kernels are not batch-invariant, so the same checkpoint
-    # answers the same prompt identically only when the batches it runs in are the same (size one).
-    result = eval_run(served, "--set", "evaluation.max_examples=8", "--set", "evaluation.run_name=it-eval",
-                      "--set", "evaluation.concurrency=1")
-    base, second = served["models"]
-    out = home / "eval" / "it-eval"
-    table = pd.read_parquet(out / "examples.parquet")
-    n = min(8, len(pd.read_parquet(Path(qa_build["summary"]["path"]) / "test.parquet")))
-    assert len(table) == n and result["examples"] == n
-    assert (table[f"{base}__answer"] == table[f"{second}__answer"]).all() and (table[f"{base}__error"] == "").all()
-    assert table[f"{base}__answer"].str.len().gt(0).all()
-    summary = json.loads((out / "summary.json").read_text())
-    cmp = summary["comparisons"][second]["domain_correct"]
-    assert cmp["difference"] == 0 and cmp["p_permutation"] == 1.0 and cmp["wins_a"] == cmp["wins_b"] == 0
-    acc = summary["means"][base]["domain_correct"]
-    assert acc["low"] <= acc["mean"] <= acc["high"]
-    for k in ("bleu", "rouge1", "rouge2", "rougeL", "semantic_similarity", "token_f1", "exact_match"):
-        assert 0 <= summary["means"][base][k]["mean"] <= 1, k
-    report = (out / "report.md").read_text()
-    assert "## Paired comparisons" in report and "## By topic" in report and "## By origin" in report
-    assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
-    run = mlflow.MlflowClient().get_run(result["run_id"])
-    assert run.data.tags["app.stage"] == "evaluate"
-    assert run.data.metrics[f"{base}.domain_correct"] == pytest.approx(acc["mean"])
-    assert f"{second}.examples_per_s" in run.data.metrics
-    shown = run_cli("app", "eval", "compare", "it-eval", env=served["env"], timeout=120)
-    assert shown.returncode == 0 and "domain accuracy" in shown.stdout and second in shown.stdout, shown.stderr
-
-    # Human evaluation of this run from the command line: a study, ratings through the API, the report.
-    made = run_cli("app", "eval", "human", "create", "it-study", "--annotators", "ann,bob", "--run", "it-eval",
-                   "--set", "evaluation.human.examples=3", env=served["env"], timeout=120)
-    assert made.returncode == 0, made.stderr
-    tokens = json.loads(made.stdout)["tokens"]
-    from app.config import load_config
-    from app.eval.human_web import create_app
-    from app.eval.run import human_store
-    from tests.conftest import web_server
-
-    store = human_store(load_config(None, []))
-    with web_server(create_app(store)) as url:
-        for who, offset in (("ann", 0), ("bob", 1)):
-            sid = httpx.post(url + "/api/login", json={"study": "it-study", "name": who, "token": tokens[who]}).json()["session"]
-            auth = {"Authorization": f"Bearer {sid}"}
-            while (item := httpx.get(url + "/api/next", headers=auth).json()) is not None:
-                body = ({"preference": "tie"} if item["kind"] == "pair" else
-                        {"correctness": 1 + (item["item_id"] + offset * (item["item_id"] % 2)) % 5, "groundedness": 3,
-                         "helpfulness": 4})
-                assert httpx.post(url + "/api/rate", json={"item_id": item["item_id"], **body}, headers=auth).status_code == 200
-    store.close()
-    rep = run_cli("app", "eval", "human", "report", "it-study", env=served["env"], timeout=300)
-    assert rep.returncode == 0, rep.stdout[-2000:] + rep.stderr[-2000:]
-    human = json.loads((out / "human-it-study.json").read_text())
-    assert human["ratings"] == human["expected"] == 2 * 3 * 3  # 3 examples x (2 single + 1 pair) x 2 annotators
-    assert human["agreement"]["correctness"]["krippendorff_alpha"] is not None
-    assert "## Human evaluation: inter-annotator agreement" in (out / "report.md").read_text()
-    assert "human.correctness.krippendorff_alpha" in mlflow.MlflowClient().get_run(result["run_id"]).data.metrics
-
-
-def test_eval_run_on_a_users_questions_with_retrieved_context(served, qa_docs, home, tmp_path, mlflow_uri):
-    questions = tmp_path / "questions.jsonl"
-    questions.write_text("\n".join(json.dumps(q) for q in [
-        {"question": "What does json.dumps return?", "answer": "A str with obj serialized as JSON.", "topic": "json"},
-        {"question": "Which function pushes an item onto a heap?", "answer": "heapq.heappush(heap, item).", "topic": "heapq"},
-        {"question": "How long are invoices stored?", "answer": "Seven years.", "context": "Invoices are kept seven years."},
-    ]) + "\n")
-    # The served base model also judges the answers (too small to judge well: this checks the path).
-    result = eval_run(served, "--set", f"evaluation.test_set={questions}", "--set", f"evaluation.retrieval.corpus_dir={qa_docs}",
-                      "--set", "evaluation.run_name=it-eval-jsonl",
-                      "--set", f"evaluation.judge.model={{name: judge, model: {served['models'][0]}}}")
-    table = pd.read_parquet(home / "eval" / "it-eval-jsonl" / "examples.parquet").set_index("question")
-    summary = json.loads((home / "eval" / "it-eval-jsonl" / "summary.json").read_text())
-    base, second = served["models"]
-    # A verdict is 1 or 0; a reply with none (abstained, contradictory, unparsed) is NaN and left out.
-    # Not asserted: the same verdicts for the two names of one checkpoint. Their answers are the same,
-    # but one reply read "The answer is correct.", its twin "The answer is incorrect. The reference
-    # answer is correct." (2026-12-03, eager bf16 engines, the same with one request at a time). The
-    # likely cause: the judge sees each judge prompt a second time, with its prefix cached (prefix
-    # caching is on), and in bf16 that path can compute slightly other logits.
-    for model in (base, second):
-        assert table[f"{model}__judge_reply"].str.len().gt(0).all(), model
-        assert set(table[f"{model}__judge_correct"].dropna()) <= {0.0, 1.0}, model
-        facts = summary["facts"]["judge"]["per_model"][model]
-        assert facts["asked"] == 3 and facts["excluded"] == int(table[f"{model}__judge_correct"].isna().sum())
-        if facts["excluded"] < 3:
-            assert result["judge_accuracy"][model]["mean"] == summary["means"][model]["judge_correct"]["mean"]
-    assert table["context_source"].tolist().count("retrieved:bm25") == 2
-    assert "json.dumps" in table.loc["What does json.dumps return?", "context"]
-    assert "heappush" in table.loc["Which function pushes an item onto a heap?", "context"]
-    assert table.loc["How long are invoices stored?", "context"] == "Invoices are kept seven years."
-    report = (home / "eval" / "it-eval-jsonl" / "report.md").read_text()
-    assert "with context retrieved by bm25" in report and "| LLM-judge accuracy |" in report
-
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"question": "no answer here?"}\n')
-    proc = run_cli("app", "eval", "run", *served["sets"], *EVAL, "--set", f"evaluation.test_set={bad}",
-                   env=served["env"], timeout=300)
-    assert proc.returncode == 1 and "line 1: no answer" in proc.stderr
 
 
 def _engines(model: str | None = None) -> list:

@@ -8,7 +8,8 @@ from app.config import load_config
 
 
 @pytest.fixture
-def cfg(tmp_path):
+def cfg(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOMAIN_LLM_HOME", str(tmp_path))  # an integration session may have set its own
     return load_config(None, [f"paths.home={tmp_path}", "serving.port=1"])
 
 
