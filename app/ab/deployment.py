@@ -86,10 +86,7 @@ class ServeEngine:
 class ExperimentIngress(OpenAiIngress):
     def __init__(self, llm_deployments, model_cards, *, experiment: dict[str, Any], home: str, **kwargs: Any):
         super().__init__(llm_deployments, model_cards, **kwargs)
-        self.cfg = AbConfig.model_validate(experiment)
-        missing = sorted({a.model for a in self.cfg.arms} - set(model_cards))
-        if missing:
-            raise ValueError(f"the experiment's arms serve {missing}, which this application does not deploy")
+        self.cfg = AbConfig.model_validate(experiment)  # build_app checked the arms against the served models
         url = database_url(self.cfg.db, Path(home))
         self.writer = EventWriter(url, spool_dir(Path(home), self.cfg.experiment))
         self.store = ExperimentStore(url, pending=self.writer)
@@ -207,8 +204,6 @@ def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
     kind = "invalid_request_error" if status != 404 else "not_found_error"
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}},
                         status_code=status)
-
-
 
 
 def build_app(args: dict[str, Any]):

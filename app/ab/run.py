@@ -130,21 +130,17 @@ def set_split(cfg: ExperimentConfig, weights: dict[str, float] | None, reason: s
             raise AbRunError(f"the shadow fraction must be in [0, 1], got {shadow_fraction}")
         if shadow_fraction > 0 and not cfg.ab.shadow.enabled:
             raise AbRunError("a shadow fraction > 0 needs ab.shadow.enabled at start (the shadow arm is chosen then)")
-    if weights is None:
-        store = store_of(cfg)
-        try:
-            latest = store.latest_split(cfg.ab.experiment)
-        finally:
-            store.close()
-        weights = latest["weights"] if latest else {a.name: a.weight for a in cfg.ab.arms}
-    if set(weights) != arms:
-        raise AbRunError(f"the split must give a weight to each arm of {sorted(arms)}, got {sorted(weights)}")
-    try:
-        check_weights(weights)
-    except ValueError as exc:
-        raise AbRunError(str(exc)) from None
     store = store_of(cfg)
     try:
+        if weights is None:
+            latest = store.latest_split(cfg.ab.experiment)
+            weights = latest["weights"] if latest else {a.name: a.weight for a in cfg.ab.arms}
+        if set(weights) != arms:
+            raise AbRunError(f"the split must give a weight to each arm of {sorted(arms)}, got {sorted(weights)}")
+        try:
+            check_weights(weights)
+        except ValueError as exc:
+            raise AbRunError(str(exc)) from None
         store.record_split(cfg.ab.experiment, weights, reason, shadow_fraction)
     finally:
         store.close()
