@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from app.ab.config import AbConfig
+from app.bench.config import BenchConfig
 from app.data.config import DataConfig
 from app.errors import ConfigError
 from app.eval.config import EvaluationConfig
@@ -158,6 +159,7 @@ class ExperimentConfig(Section):
     serve_sweep: ServeSweepConfig = Field(default_factory=ServeSweepConfig)
     quantize: QuantizeConfig = Field(default_factory=QuantizeConfig)
     ab: AbConfig = Field(default_factory=AbConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     accounts: AccountsConfig = Field(default_factory=AccountsConfig)
 

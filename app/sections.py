@@ -6,6 +6,8 @@ experiment tree (app/config.py) can build on it.
 
 from __future__ import annotations
 
+import ipaddress
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -24,3 +26,14 @@ def int4_group_size(v: int) -> int:
     if v < 8 or v % 8:
         raise ValueError(f"group_size must be a multiple of 8 (INT4 values are packed eight to a word), got {v}")
     return v
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` reaches this machine only: localhost, 127.0.0.0/8 or ::1."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

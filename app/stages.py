@@ -71,6 +71,15 @@ REGISTRY: dict[str, Stage] = {s.name: s for s in (
           "app.ab.run:ab_test",
           reads=("name", "seed", "model", "ray", "data", "prompt", "evaluation", "serving", "ab"),
           consumes=("base_model", "finetuned_model", "dataset"), produces=("ab_report",)),
+    # The benchmarks load an endpoint that is already running (`app serve up`, `app ab start`).
+    Stage("bench_load", "Locust load on the running endpoint: a bounded profile, LLM latency, memory, recovery.",
+          "app.bench.load:load_test",
+          reads=("seed", "model", "ray", "data", "prompt", "evaluation", "serving", "ab", "bench"),
+          consumes=("base_model", "dataset"), produces=("bench_load",)),
+    Stage("bench_sweep", "Concurrency sweep of the running endpoint until saturation (vLLM's metric definitions).",
+          "app.bench.sweep:sweep",
+          reads=("seed", "model", "ray", "data", "prompt", "evaluation", "serving", "ab", "bench"),
+          consumes=("base_model", "dataset"), produces=("bench_sweep",)),
 )}
 
 # Stages `app rerun` can re-run, by the `app.stage` tag of their MLflow run.

@@ -13,6 +13,7 @@ import sys
 import typer
 
 from app.cli.ab import ab_app
+from app.cli.bench import bench_app
 from app.cli.config import config_app
 from app.cli.dataset import dataset_app
 from app.cli.eval import eval_app
@@ -39,6 +40,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(quantize_app, name="quantize")
 app.add_typer(ab_app, name="ab")
+app.add_typer(bench_app, name="bench")
 app.add_typer(users_app, name="users")
 app.registered_commands += pipeline_app.registered_commands  # `app run`, `app rerun` at the top level
 

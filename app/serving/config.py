@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.sections import Section, duplicates
+from app.sections import Section, duplicates, is_loopback
 
 
 NO_KEY_IN_CONFIG = (
@@ -26,17 +25,6 @@ NO_KEY_IN_CONFIG = (
     "with every run); name an environment variable holding the key in serving.api_key_env, or a file holding it in "
     "serving.api_key_file")
 ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/\s?#]+$", re.IGNORECASE)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` reaches this machine only: localhost, 127.0.0.0/8 or ::1."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 class GateConfig(Section):

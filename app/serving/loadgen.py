@@ -87,7 +87,7 @@ def summarize(results: list[RequestResult], wall_s: float, slo: SLO | None = Non
     for name, values in series.items():
         ms = [v * 1000 for v in values]
         out[f"mean_{name}_ms"] = statistics.fmean(ms) if ms else 0.0
-        for q in (50, 95, 99):
+        for q in (50, 90, 95, 99):
             out[f"p{q}_{name}_ms"] = percentile(ms, q)
     if slo is not None:
         good = sum(slo.met(r) for r in results)
@@ -96,12 +96,15 @@ def summarize(results: list[RequestResult], wall_s: float, slo: SLO | None = Non
     return out
 
 
-async def stream_chat(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int,
+Prompt = str | list[dict[str, Any]]  # a user message, or a whole chat message list
+
+
+async def stream_chat(client: httpx.AsyncClient, url: str, model: str, prompt: Prompt, max_tokens: int,
                       headers: dict[str, str] | None = None, ignore_eos: bool = True) -> RequestResult:
     """One streamed chat completion, timed chunk by chunk."""
     body: dict[str, Any] = {
         "model": model,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt,
         "max_tokens": max_tokens,
         "temperature": 0.0,
         "stream": True,
@@ -145,13 +148,13 @@ async def stream_chat(client: httpx.AsyncClient, url: str, model: str, prompt: s
     return r
 
 
-async def run_load(url: str, model: str, prompts: Sequence[str], concurrency: int, num_requests: int,
+async def run_load(url: str, model: str, prompts: Sequence[Prompt], concurrency: int, num_requests: int,
                    max_tokens: int, headers: dict[str, str] | None = None, seed: int = 0,
                    timeout_s: float = 600) -> tuple[list[RequestResult], float]:
     """``num_requests`` streamed requests with at most ``concurrency`` in flight (closed loop)."""
     rng = random.Random(seed)
     order = [prompts[rng.randrange(len(prompts))] for _ in range(num_requests)]
-    queue: asyncio.Queue[str] = asyncio.Queue()
+    queue: asyncio.Queue[Prompt] = asyncio.Queue()
     for p in order:
         queue.put_nowait(p)
     results: list[RequestResult] = []

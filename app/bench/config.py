@@ -1,0 +1,102 @@
+"""The benchmark stage's config: Locust load profiles and the concurrency sweep (app.bench)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+
+from app.sections import Section
+
+PROFILES = ("steady", "step", "stress", "soak")
+
+
+class LoadConfig(Section):
+    """One bounded Locust run (``app bench load``): who is loaded, how, and for how long."""
+
+    profile: Literal["steady", "step", "stress", "soak"] = Field(
+        "steady", description="steady: `users` held for `seconds`; step: `step_users` more every `step_seconds` "
+        "up to `users`, to find saturation; stress: a ramp to `users` (set it beyond saturation) held for "
+        "`seconds`, errors and shed requests recorded, then a check that the service still answers correctly; "
+        "soak: `users` held for `soak_seconds`, resident memory sampled, a leak judged by its slope.")
+    users: PositiveInt = Field(4, description="Concurrent simulated users (steady, soak: held; step, stress: the "
+                               "peak).")
+    spawn_rate: PositiveFloat = Field(2.0, description="Users started per second.")
+    seconds: PositiveFloat = Field(60.0, description="steady and stress: how long the load is held.")
+    step_users: PositiveInt = Field(2, description="step: users added at each step.")
+    step_seconds: PositiveFloat = Field(30.0, description="step: how long each step is held.")
+    soak_seconds: PositiveFloat = Field(600.0, description="soak: how long the load is held (bounded).")
+    memory_every_s: PositiveFloat = Field(2.0, description="Resident memory of the deployment sampled this often.")
+    leak_mib_per_hour: PositiveFloat = Field(
+        64.0, description="soak: a leak is called when the lower 95% bound of the resident-memory slope is above "
+        "this (MiB per hour); a slope whose interval includes it is 'undecided', not 'no leak'.")
+    grace_seconds: PositiveFloat = Field(60.0, description="Extra wall time allowed past the profile's own length "
+                                         "before Locust is stopped (requests in flight finish).")
+
+    def duration_s(self) -> float:
+        """The profile's length (what the shape runs), in seconds."""
+        if self.profile == "step":
+            return self.step_seconds * -(-self.users // self.step_users)
+        if self.profile == "soak":
+            return self.soak_seconds
+        return self.seconds
+
+
+class SweepConfig(Section):
+    """Concurrency sweep of a running endpoint (``app bench sweep``): closed-loop levels until saturation."""
+
+    concurrencies: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8, 16], min_length=1,
+                                             description="Requests in flight at each level (closed loop).")
+    requests_per_level: PositiveInt = Field(3, description="Requests per level: this many per concurrent user ...")
+    min_requests: PositiveInt = Field(8, description="... and at least this many.")
+    warmup_requests: int = Field(2, ge=0, description="Requests sent and discarded before the first level.")
+    saturation_gain: float = Field(0.1, ge=0, le=1, description="Stop once a level's output throughput gains less "
+                                   "than this share over the previous level's (saturated).")
+    slo_p95_ttft_ms: PositiveFloat | None = Field(2000, description="Goodput SLO: p95 time to first token.")
+    slo_p95_tpot_ms: PositiveFloat | None = Field(150, description="Goodput SLO: p95 time per output token.")
+    slo_p95_e2e_ms: PositiveFloat | None = Field(None, description="Goodput SLO: end-to-end latency.")
+
+    @field_validator("concurrencies")
+    @classmethod
+    def _levels(cls, v: list[int]) -> list[int]:
+        if v != sorted(set(v)):
+            raise ValueError(f"concurrencies must rise strictly, got {v}")
+        return v
+
+
+class BenchConfig(Section):
+    """Performance benchmarks: Locust load profiles and concurrency sweeps (app.bench)."""
+
+    target: Literal["direct", "ab"] = Field(
+        "direct", description="direct: a served model by its own id (`model`); ab: the A/B experiment's public "
+        "model name (ab.public_model) through the traffic-splitting ingress.")
+    model: str | None = Field(None, description="direct: the model id asked for; None: the first of serving.models.")
+    url: str | None = Field(None, description="Endpoint base URL; None: the project's (serving.host, serving.port).")
+    allow_remote: bool = Field(False, description="Load a host that is not this machine (127.0.0.0/8, ::1, "
+                               "localhost). Off by default: a load test is an attack on someone else's server.")
+    api_key_env: str | None = Field(None, description="Variable holding the endpoint's key for `url`; None: the "
+                                    "project's own key (serving.api_key_env or serving.api_key_file).")
+    max_tokens: PositiveInt = Field(64, description="Output tokens per request.")
+    ignore_eos: bool = Field(True, description="Fixed output length (as vLLM's benchmark): equal work per request.")
+    prompts: PositiveInt = Field(200, description="Test-split questions written for the users (the domain's "
+                                 "prompts, with their context, as evaluation sends them).")
+    request_timeout_s: PositiveFloat = Field(180.0, description="A request still unanswered after this fails.")
+    load: LoadConfig = Field(default_factory=LoadConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    out_dir: str | None = Field(None, description="Where runs are written; None: <home>/bench.")
+
+    @model_validator(mode="after")
+    def _url(self) -> BenchConfig:
+        from app.sections import is_loopback
+
+        url = self.url
+        if url is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"bench.url {url!r} is not an http(s)://host[:port] URL")
+            if not is_loopback(parts.hostname) and not self.allow_remote:
+                raise ValueError(f"bench.url {url!r} is not on this machine: set bench.allow_remote=true "
+                                 "to load another host (only one you are allowed to load)")
+        return self

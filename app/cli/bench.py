@@ -1,0 +1,41 @@
+"""``app bench ...``: Locust load profiles and concurrency sweeps of the running endpoint (app.bench)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from app.cli.common import ConfigOpt, SetOpt, console, handled, load, say
+
+bench_app = typer.Typer(help="Performance benchmarks of the running endpoint: Locust load profiles, concurrency "
+                        "sweeps.", no_args_is_help=True)
+
+
+@bench_app.command("load")
+@handled
+def bench_load(config: ConfigOpt = None, set_: SetOpt = None,
+               profile: Optional[str] = typer.Option(None, help="steady, step, stress or soak (default: "
+                                                     "bench.load.profile).")) -> None:
+    """One bounded headless Locust run: LLM latency (TTFT/TPOT/ITL/E2E), errors, memory, the answer after."""
+    from app.bench.load import load_test
+
+    overrides = list(set_ or []) + ([f"bench.load.profile={profile}"] if profile else [])
+    result = load_test(load(config, overrides), config, progress=say)
+    console.print_json(data={k: result[k] for k in ("figures", "after", "failures", "memory", "peak_rss_mib",
+                                                    "loadgen_cpu_percent_mean", "stopped", "out_dir",
+                                                    "mlflow_run_id") if k in result})
+
+
+@bench_app.command("sweep")
+@handled
+def bench_sweep(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Concurrency sweep until saturation: p50/p90/p95/p99, throughput, goodput, peak memory per level."""
+    from app.bench.sweep import sweep
+    from app.tracking import finite
+
+    result = sweep(load(config, set_), config, progress=say)
+    console.print_json(data=finite({k: v for k, v in result.items() if k != "points"}))
+
+
+__all__ = ["bench_app"]
