@@ -80,6 +80,10 @@ REGISTRY: dict[str, Stage] = {s.name: s for s in (
           "app.bench.sweep:sweep",
           reads=("seed", "model", "ray", "data", "prompt", "evaluation", "serving", "ab", "bench"),
           consumes=("base_model", "dataset"), produces=("bench_sweep",)),
+    Stage("bench_compare", "Interleaved comparisons of served models on the running endpoint, ratios with spread.",
+          "app.bench.compare:compare",
+          reads=("seed", "model", "ray", "data", "prompt", "evaluation", "serving", "ab", "bench"),
+          consumes=("base_model", "dataset"), produces=("bench_compare",)),
 )}
 
 # Stages `app rerun` can re-run, by the `app.stage` tag of their MLflow run.

@@ -64,6 +64,25 @@ class SweepConfig(Section):
         return v
 
 
+class PairConfig(Section):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="The comparison's name.")
+    baseline: str = Field(..., description="Served model id measured as the baseline.")
+    candidate: str = Field(..., description="Served model id compared with it (the A/B public name: through the "
+                           "traffic-splitting ingress, pinned to the baseline arm).")
+
+
+class CompareConfig(Section):
+    """Interleaved comparisons of served model ids (``app bench compare``)."""
+
+    pairs: list[PairConfig] = Field(default_factory=list, description="None given: every other served model against "
+                                    "the first of serving.models, and the A/B public name against its baseline "
+                                    "arm's model when an experiment runs.")
+    rounds: PositiveInt = Field(4, description="Rounds per pair, the order alternating (A B, B A, ...).")
+    concurrency: PositiveInt = Field(4, description="Requests in flight (closed loop).")
+    requests_per_round: PositiveInt = Field(3, description="Requests per round: this many per concurrent user ...")
+    min_requests: PositiveInt = Field(8, description="... and at least this many.")
+
+
 class BenchConfig(Section):
     """Performance benchmarks: Locust load profiles and concurrency sweeps (app.bench)."""
 
@@ -83,6 +102,7 @@ class BenchConfig(Section):
     request_timeout_s: PositiveFloat = Field(180.0, description="A request still unanswered after this fails.")
     load: LoadConfig = Field(default_factory=LoadConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
     out_dir: str | None = Field(None, description="Where runs are written; None: <home>/bench.")
 
     @model_validator(mode="after")

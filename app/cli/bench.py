@@ -38,4 +38,17 @@ def bench_sweep(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     console.print_json(data=finite({k: v for k, v in result.items() if k != "points"}))
 
 
+@bench_app.command("compare")
+@handled
+def bench_compare(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Pairs of served models (and the A/B endpoint vs direct), interleaved rounds, ratios with their spread."""
+    from app.bench.compare import compare
+    from app.tracking import finite
+
+    result = compare(load(config, set_), config, progress=say)
+    console.print_json(data=finite({"pairs": [{k: p[k] for k in ("name", "baseline", "candidate", "ratios")}
+                                              for p in result["pairs"]], "out_dir": result["out_dir"],
+                                    "mlflow_run_id": result["mlflow_run_id"]}))
+
+
 __all__ = ["bench_app"]

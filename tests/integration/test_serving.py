@@ -637,6 +637,94 @@ def test_simulated_users_the_report_mlflow_and_the_dashboard(served, qa_build, h
         assert "no experiment" in browser.page_source
 
 
+def bench(served, *extra: str) -> list[str]:
+    return [*served["sets"], "--set", "data.name=it-build", "--set", "bench.max_tokens=24", "--set", "bench.prompts=20",
+            *extra]
+
+
+# Locust and the load generator measure the same load; tolerance stated in the test.
+@pytest.mark.timeout(900)
+def test_locust_on_the_live_service_agrees_with_the_load_generator(served, qa_build, home, mlflow_uri):
+    """A short bounded headless Locust run (2 users, 40 s) of one served model with the domain prompts, then
+    the load generator's closed loop at concurrency 2 on the same prompts: the report's TTFT and TPOT come
+    from Locust's CSV and agree with the load generator's within 35% (means; Locust's percentiles are
+    bucketed, its means exact). Locust's own CPU and the deployment's memory are recorded."""
+    import mlflow
+
+    sets = bench(served, "--set", f"bench.model={served['models'][0]}", "--set", "bench.load.users=2",
+                 "--set", "bench.load.seconds=40", "--set", "bench.load.spawn_rate=4",
+                 "--set", f"tracking.uri={mlflow_uri}")
+    proc = run_cli("app", "bench", "load", "--profile", "steady", *sets, env=served["env"], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    load = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
+    fig = load["figures"]
+    assert fig["completed"] >= 6 and fig["failed"] == 0, load
+    assert load["after"] == {"answers": True, "same_answer": True, "error": ""}
+    assert load["peak_rss_mib"] > 1000 and load["loadgen_cpu_percent_mean"] is not None
+    out = Path(load["out_dir"])
+    assert {"locust_stats.csv", "locust.html", "locust_stats_history.csv", "samples.json", "summary.json",
+            "prompts.jsonl"} <= {f.name for f in out.iterdir()}
+    # The users asked the domain's test-split questions (with their context), not a canned prompt.
+    first = json.loads((out / "prompts.jsonl").read_text().splitlines()[0])["messages"]
+    assert len((out / "prompts.jsonl").read_text().splitlines()) == 20 and "?" in first[-1]["content"]
+
+    proc = run_cli("app", "bench", "sweep", *sets, "--set", "bench.sweep.concurrencies=[2]",
+                   "--set", "bench.sweep.requests_per_level=5", "--set", "bench.sweep.min_requests=10",
+                   env=served["env"], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sweep = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
+    point = json.loads((Path(sweep["out_dir"]) / "points.json").read_text())["points"][0]
+    assert point["failed"] == 0 and point["completed"] == 10
+    for metric in ("ttft", "tpot"):
+        locust_ms, loadgen_ms = fig[f"mean_{metric}_ms"], point[f"mean_{metric}_ms"]
+        assert locust_ms == pytest.approx(loadgen_ms, rel=0.35), (metric, locust_ms, loadgen_ms)
+    client = mlflow.MlflowClient(mlflow_uri)
+    run = client.get_run(load["mlflow_run_id"])
+    assert run.data.tags["app.stage"] == "bench_load" and run.data.metrics["completed"] == fig["completed"]
+    assert "bench_load/locust_stats.csv" in {a.path for a in client.list_artifacts(run.info.run_id, "bench_load")}
+
+
+@pytest.mark.timeout(900)
+def test_a_stress_run_beyond_saturation_leaves_the_service_answering(served, qa_build, home):
+    """Stress through the A/B endpoint: 12 users started at once on two CPU engines (beyond saturation: the
+    sweep test shows throughput flat past 4 in flight), then the same greedy question gets the same answer
+    as before the load."""
+    sets = bench(served, "--set", "bench.target=ab", "--set", "bench.load.users=12", "--set", "bench.load.seconds=25",
+                 "--set", "bench.request_timeout_s=120")
+    proc = run_cli("app", "bench", "load", "--profile", "stress", *sets, env=served["env"], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    load = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
+    assert load["after"]["answers"] and load["after"]["same_answer"], load["after"]
+    assert load["figures"]["completed"] >= 12, load["figures"]
+    # Errors, if the load produced any, are recorded with their reason.
+    assert all(f["count"] > 0 and f["error"] for f in load["failures"])
+    summary = json.loads((Path(load["out_dir"]) / "summary.json").read_text())
+    assert summary["model"] == PUBLIC and summary["stopped"] == "profile ended"
+
+
+@pytest.mark.timeout(900)
+def test_compare_interleaves_pairs_and_the_ab_endpoint_reaches_the_same_engine(served, qa_build, home):
+    """The default pairs: the second served model against the first (the same checkpoint: a ratio near 1),
+    and the A/B public name against its baseline arm's model (pinned to that arm: what the splitter
+    costs). Rounds alternate the order; each figure's ratio has its interval over rounds."""
+    sets = bench(served, "--set", "bench.compare.rounds=2", "--set", "bench.compare.concurrency=2",
+                 "--set", "bench.compare.min_requests=4")
+    proc = run_cli("app", "bench", "compare", *sets, env=served["env"], timeout=800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
+    pairs = {p["name"]: p for p in result["pairs"]}
+    assert set(pairs) == {f"{SECOND}-vs-{served['models'][0]}", "ab-endpoint-vs-direct"}, list(pairs)
+    ab = pairs["ab-endpoint-vs-direct"]
+    assert ab["candidate"] == PUBLIC and ab["baseline"] == served["models"][0]
+    doc = json.loads((Path(result["out_dir"]) / "compare.json").read_text())
+    for pair in doc["pairs"]:
+        assert [r["order"][0] for r in pair["rounds"]] == ["baseline", "candidate"]
+        tput = pair["ratios"]["output_throughput"]
+        assert tput["rounds"] == 2 and tput["min"] <= tput["ratio"] <= tput["max"] and "ci95" in tput
+        # Same engines, same work: a factor of 2 either way would be a measuring bug, not noise.
+        assert 0.5 < tput["ratio"] < 2.0, pair["ratios"]
+
+
 def _engines(model: str | None = None) -> list:
     """This module's live vLLM engine processes (EngineCore), with the model their replica serves."""
     import psutil

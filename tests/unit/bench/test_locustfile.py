@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from app.bench.load import LOCUSTFILE, headline, parse_failures, parse_stats
-from app.tracking import PROJECT_ROOT
 
 TTFT_S, ITL_S, TOKENS = 0.30, 0.05, 8
 

@@ -63,3 +63,16 @@ def test_a_remote_url_needs_allow_remote_and_a_url_must_be_one():
         BenchConfig(url="ftp://127.0.0.1")
     with pytest.raises(ValidationError, match="must rise strictly"):
         BenchConfig(sweep={"concurrencies": [4, 2]})
+
+
+def test_ratio_summary_is_a_geometric_mean_with_a_log_scale_interval():
+    from app.bench.compare import ratio_summary
+
+    same = ratio_summary([0.98, 1.03, 1.0, 0.99])
+    assert same["ratio"] == pytest.approx(1.0, abs=0.01) and not same["beyond_noise"]
+    assert same["ci95"][0] < 1 < same["ci95"][1] and same["min"] == 0.98 and same["max"] == 1.03
+    faster = ratio_summary([1.5, 1.6, 1.55, 1.45])
+    assert faster["beyond_noise"] and faster["ci95"][0] > 1.3
+    # Reciprocal ratios give reciprocal results: the geometric mean is symmetric, the arithmetic one is not.
+    assert ratio_summary([2.0, 0.5])["ratio"] == pytest.approx(1.0)
+    assert ratio_summary([1.2])["rounds"] == 1 and "ci95" not in ratio_summary([1.2])
