@@ -84,6 +84,14 @@ REGISTRY: dict[str, Stage] = {s.name: s for s in (
           "app.bench.compare:compare",
           reads=("seed", "model", "ray", "data", "prompt", "evaluation", "serving", "ab", "bench"),
           consumes=("base_model", "dataset"), produces=("bench_compare",)),
+    Stage("bench_report", "The performance report: targets, rule-based recommendations, plots, in MLflow.",
+          "app.bench.report:report",
+          reads=("seed", "model", "ray", "data", "prompt", "evaluation", "serving", "ab", "bench"),
+          consumes=("bench_load", "bench_sweep", "bench_compare"), produces=("bench_report",)),
+    Stage("benchmark", "Every benchmark: the load profiles, the sweep, the comparisons, the report.",
+          "app.bench.run:run_all",
+          reads=("seed", "model", "ray", "data", "prompt", "evaluation", "serving", "ab", "bench"),
+          consumes=("base_model", "dataset"), produces=("bench_report",)),
 )}
 
 # Stages `app rerun` can re-run, by the `app.stage` tag of their MLflow run.

@@ -25,7 +25,7 @@ class LoadConfig(Section):
     seconds: PositiveFloat = Field(60.0, description="steady and stress: how long the load is held.")
     step_users: PositiveInt = Field(2, description="step: users added at each step.")
     step_seconds: PositiveFloat = Field(30.0, description="step: how long each step is held.")
-    soak_seconds: PositiveFloat = Field(600.0, description="soak: how long the load is held (bounded).")
+    soak_seconds: PositiveFloat = Field(300.0, description="soak: how long the load is held (bounded).")
     memory_every_s: PositiveFloat = Field(2.0, description="Resident memory of the deployment sampled this often.")
     leak_mib_per_hour: PositiveFloat = Field(
         64.0, description="soak: a leak is called when the lower 95% bound of the resident-memory slope is above "
@@ -100,6 +100,11 @@ class BenchConfig(Section):
     prompts: PositiveInt = Field(200, description="Test-split questions written for the users (the domain's "
                                  "prompts, with their context, as evaluation sends them).")
     request_timeout_s: PositiveFloat = Field(180.0, description="A request still unanswered after this fails.")
+    metrics_url: str | None = Field("http://127.0.0.1:8080/metrics", description="A Ray node's Prometheus "
+                                    "endpoint (the engines' KV-cache use and queue during a run); None: not read.")
+    profiles: list[Literal["steady", "step", "stress", "soak"]] = Field(
+        default_factory=lambda: ["steady", "step", "stress", "soak"], min_length=1,
+        description="`app bench all`: the load profiles run, in order, before the sweep and the comparisons.")
     load: LoadConfig = Field(default_factory=LoadConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import httpx
 
 from app.bench.config import BenchConfig
-from app.bench.monitor import Sampler, memory_slope
+from app.bench.monitor import Sampler, memory_slope, peaks
 from app.config import ExperimentConfig
 from app.endpoint import base_url, bearer, external_endpoint, listed_models, serving_key
 from app.errors import AppError
@@ -197,7 +197,7 @@ def run_locust(cfg: ExperimentConfig, url: str, model: str, key: str | None, pro
     start = time.perf_counter()
     with (out_dir / "locust.log").open("w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir)
-        sampler = Sampler(lc.memory_every_s, proc.pid)
+        sampler = Sampler(lc.memory_every_s, proc.pid, cfg.bench.metrics_url)
         sampler.start()
         stopped = ""
         next_note = 15.0
@@ -233,7 +233,7 @@ def run_locust(cfg: ExperimentConfig, url: str, model: str, key: str | None, pro
             "samples": samples,
             "loadgen_cpu_percent_mean": sum(cpu) / len(cpu) if cpu else None,
             "loadgen_cpu_percent_max": max(cpu) if cpu else None,
-            "peak_rss_mib": max((s.get("rss_mib_total", 0.0) for s in samples), default=0.0)}
+            "peak_rss_mib": max((s.get("rss_mib_total", 0.0) for s in samples), default=0.0), **peaks(samples)}
 
 
 def load_test(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of: str | None = None,

@@ -43,13 +43,31 @@ def deployment_memory() -> dict[str, float]:
     return out
 
 
+def engine_state(metrics_url: str) -> dict[str, float]:
+    """KV-cache use (the fullest engine's), requests running and waiting (all engines), from a Ray node's
+    Prometheus endpoint; nothing when it does not answer."""
+    from app.serving.monitor import engine_metrics, scrape
+
+    try:
+        engines = engine_metrics(scrape(metrics_url))
+    except Exception:  # noqa: BLE001 - a missing metrics endpoint costs the figure, not the run
+        return {}
+    if not engines:
+        return {}
+    return {"kv_cache_usage": max(m.get("kv_cache_usage_perc", m.get("gpu_cache_usage_perc", 0.0))
+                                  for m in engines.values()),
+            "requests_running": sum(m.get("num_requests_running", 0.0) for m in engines.values()),
+            "requests_waiting": sum(m.get("num_requests_waiting", 0.0) for m in engines.values())}
+
+
 class Sampler(threading.Thread):
     """Samples the deployment's memory and one process tree's CPU every ``every_s`` until stopped."""
 
-    def __init__(self, every_s: float, pid: int | None = None) -> None:
+    def __init__(self, every_s: float, pid: int | None = None, metrics_url: str | None = None) -> None:
         super().__init__(daemon=True, name="bench-sampler")
         self.every_s = every_s
         self.pid = pid
+        self.metrics_url = metrics_url
         self.samples: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._cpu_prev: tuple[float, float] | None = None
@@ -79,6 +97,8 @@ class Sampler(threading.Thread):
                 row["loadgen_cpu_percent"] = 100 * (cpu - self._cpu_prev[1]) / (now - self._cpu_prev[0])
             self._cpu_prev = (now, cpu)
         row["system_cpu_percent"] = psutil.cpu_percent(interval=None) * psutil.cpu_count()
+        if self.metrics_url:
+            row.update(engine_state(self.metrics_url))
         return row
 
     def run(self) -> None:
@@ -119,3 +139,13 @@ def memory_slope(samples: list[dict[str, Any]], threshold_mib_per_h: float, key:
     return {"verdict": verdict, "slope_mib_per_hour": fit.slope, "ci95_mib_per_hour": [lo, hi],
             "threshold_mib_per_hour": threshold_mib_per_h, "samples": len(pts), "span_s": (max(xs) - min(xs)) * 3600,
             "start_mib": ys[0], "end_mib": ys[-1], "peak_mib": max(ys)}
+
+
+def peaks(samples: list[dict[str, Any]]) -> dict[str, float]:
+    """The highest KV-cache use and engine queue seen during a level (when the metrics were read)."""
+    out = {}
+    for key in ("kv_cache_usage", "requests_waiting", "requests_running"):
+        values = [s[key] for s in samples if key in s]
+        if values:
+            out[f"max_{key}"] = max(values)
+    return out

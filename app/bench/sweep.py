@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from app.bench.load import bench_dir, target, write_prompts
-from app.bench.monitor import Sampler
+from app.bench.monitor import Sampler, peaks
 from app.config import ExperimentConfig
 from app.endpoint import bearer
 from app.serving.loadgen import SLO, run_load, summarize
@@ -43,7 +43,7 @@ def sweep_levels(cfg: ExperimentConfig, url: str, model: str, key: str | None, p
     saturated_at = None
     for c in sw.concurrencies:
         n = max(sw.min_requests, sw.requests_per_level * c)
-        sampler = Sampler(1.0)
+        sampler = Sampler(1.0, metrics_url=b.metrics_url)
         sampler.start()
         try:
             results, wall = asyncio.run(run_load(url, model, prompts, c, n, b.max_tokens, headers,
@@ -52,6 +52,7 @@ def sweep_levels(cfg: ExperimentConfig, url: str, model: str, key: str | None, p
             samples = sampler.stop()
         point = {"concurrency": c, **summarize(results, wall, slo),
                  "peak_rss_mib": max((s.get("rss_mib_total", 0.0) for s in samples), default=0.0),
+                 **peaks(samples),
                  "errors": sorted({r.error for r in results if not r.ok})[:3]}
         points.append(point)
         progress(f"  c={c:>3}: {point['output_throughput']:7.1f} tok/s, {point['request_throughput']:.2f} req/s, "

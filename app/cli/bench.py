@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from app.cli.common import ConfigOpt, SetOpt, console, handled, load, say
+from app.cli.common import ConfigOpt, SetOpt, console, handled, load, run_stage, say
 
 bench_app = typer.Typer(help="Performance benchmarks of the running endpoint: Locust load profiles, concurrency "
                         "sweeps.", no_args_is_help=True)
@@ -49,6 +49,23 @@ def bench_compare(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     console.print_json(data=finite({"pairs": [{k: p[k] for k in ("name", "baseline", "candidate", "ratios")}
                                               for p in result["pairs"]], "out_dir": result["out_dir"],
                                     "mlflow_run_id": result["mlflow_run_id"]}))
+
+
+@bench_app.command("report")
+@handled
+def bench_report(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """The latest load runs, sweep and comparisons: targets, rule-based recommendations, plots (MD + HTML)."""
+    from app.bench.report import report
+
+    result = report(load(config, set_), config, progress=say)
+    console.print_json(data={k: result[k] for k in ("targets", "recommendations", "out_dir", "mlflow_run_id")})
+
+
+@bench_app.command("all")
+@handled
+def bench_all(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Every load profile (bench.profiles), the sweep, the comparisons and the report, as jobs/benchmark.py."""
+    console.print_json(data=run_stage("benchmark", config, set_))
 
 
 __all__ = ["bench_app"]
