@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from app.bench.load import BenchError, bench_dir, target, write_prompts
+from app.bench.load import BenchError, bench_dir, served_models, target, write_prompts
 from app.bench.sweep import read_prompts
 from app.config import ExperimentConfig
 from app.endpoint import bearer, listed_models
@@ -46,7 +46,10 @@ def unit_in_arm(cfg: ExperimentConfig, url: str, key: str | None, arm: str, trie
 
 
 def default_pairs(cfg: ExperimentConfig, served: set[str]) -> list[dict[str, str]]:
-    models = [m for m in cfg.serving.models if m in served]
+    listed = served_models(cfg)
+    if cfg.ab.public_model in served:  # an experiment runs: its arms' models are served too
+        listed += [a.model for a in cfg.ab.arms if a.model not in listed]
+    models = [m for m in listed if m in served]
     pairs = [{"name": f"{m}-vs-{models[0]}", "baseline": models[0], "candidate": m} for m in models[1:]]
     if cfg.ab.public_model in served:
         arm = cfg.ab.arm(cfg.ab.baseline).model

@@ -16,11 +16,13 @@ class LoadConfig(Section):
 
     profile: Literal["steady", "step", "stress", "soak"] = Field(
         "steady", description="steady: `users` held for `seconds`; step: `step_users` more every `step_seconds` "
-        "up to `users`, to find saturation; stress: a ramp to `users` (set it beyond saturation) held for "
-        "`seconds`, errors and shed requests recorded, then a check that the service still answers correctly; "
+        "up to `step_max_users`, to find saturation; stress: `stress_users` started at once and held for "
+        "`seconds`, errors and shed requests recorded, then a check that the service still answers the same; "
         "soak: `users` held for `soak_seconds`, resident memory sampled, a leak judged by its slope.")
-    users: PositiveInt = Field(4, description="Concurrent simulated users (steady, soak: held; step, stress: the "
-                               "peak).")
+    users: PositiveInt = Field(4, description="steady and soak: concurrent simulated users held.")
+    step_max_users: PositiveInt = Field(8, description="step: the last step's users.")
+    stress_users: PositiveInt = Field(16, description="stress: users started at once (set it beyond saturation, "
+                                      "which `app bench sweep` finds).")
     spawn_rate: PositiveFloat = Field(2.0, description="Users started per second.")
     seconds: PositiveFloat = Field(60.0, description="steady and stress: how long the load is held.")
     step_users: PositiveInt = Field(2, description="step: users added at each step.")
@@ -33,10 +35,13 @@ class LoadConfig(Section):
     grace_seconds: PositiveFloat = Field(60.0, description="Extra wall time allowed past the profile's own length "
                                          "before Locust is stopped (requests in flight finish).")
 
+    def peak_users(self) -> int:
+        return {"step": self.step_max_users, "stress": self.stress_users}.get(self.profile, self.users)
+
     def duration_s(self) -> float:
         """The profile's length (what the shape runs), in seconds."""
         if self.profile == "step":
-            return self.step_seconds * -(-self.users // self.step_users)
+            return self.step_seconds * -(-self.step_max_users // self.step_users)
         if self.profile == "soak":
             return self.soak_seconds
         return self.seconds

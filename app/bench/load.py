@@ -46,6 +46,11 @@ def bench_dir(cfg: ExperimentConfig) -> Path:
     return Path(b.out_dir).expanduser() if b.out_dir else cfg.paths.resolved_home() / "bench"
 
 
+def served_models(cfg: ExperimentConfig) -> list[str]:
+    """The models the project's endpoint serves by its config: serving.models, or model.name alone."""
+    return list(cfg.serving.models) or [cfg.model.name]
+
+
 def target(cfg: ExperimentConfig) -> tuple[str, str, str | None]:
     """(base URL without /v1, model id to ask for, API key) of the benchmarked endpoint; a clear error
     when the model is not served there."""
@@ -55,7 +60,7 @@ def target(cfg: ExperimentConfig) -> tuple[str, str, str | None]:
         url = v1[: -len("/v1")]
     else:
         url, key = base_url(cfg.serving), serving_key(cfg.serving)
-    model = cfg.ab.public_model if b.target == "ab" else (b.model or cfg.serving.models[0])
+    model = cfg.ab.public_model if b.target == "ab" else (b.model or served_models(cfg)[0])
     try:
         served = listed_models(url + "/v1", key)
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
@@ -97,7 +102,7 @@ def locust_command(cfg: ExperimentConfig, url: str, model: str, prompts: Path, p
     return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", url, "--model", model,
             "--prompts", str(prompts), "--max-tokens", str(b.max_tokens), "--ignore-eos", str(b.ignore_eos).lower(),
             "--api-key-env", KEY_VAR, "--unit-header", cfg.ab.unit_header, "--shape", lc.profile,
-            "--shape-users", str(lc.users), "--shape-spawn-rate", str(lc.spawn_rate),
+            "--shape-users", str(lc.peak_users()), "--shape-spawn-rate", str(lc.spawn_rate),
             "--shape-seconds", str(lc.soak_seconds if lc.profile == "soak" else lc.seconds),
             "--step-users", str(lc.step_users), "--step-seconds", str(lc.step_seconds),
             *(["--allow-remote"] if b.allow_remote else []),
@@ -192,7 +197,7 @@ def run_locust(cfg: ExperimentConfig, url: str, model: str, key: str | None, pro
         env[KEY_VAR] = key
     total = lc.duration_s()
     deadline = total + lc.grace_seconds
-    progress(f"locust: profile {lc.profile}, {lc.users} users, {total:.0f} s (+{lc.grace_seconds:.0f} s grace), "
+    progress(f"locust: profile {lc.profile}, {lc.peak_users()} users, {total:.0f} s (+{lc.grace_seconds:.0f} s grace), "
              f"{url} model {model}")
     start = time.perf_counter()
     with (out_dir / "locust.log").open("w", encoding="utf-8") as log:
@@ -272,7 +277,7 @@ def load_test(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_o
         summary.update({"url": url, "model": model, "prompts": n, "out_dir": str(out_dir),
                         "mlflow_run_id": run.info.run_id, "config": cfg.bench.model_dump(mode="json")})
         (out_dir / "summary.json").write_text(json.dumps(finite(summary), indent=2), encoding="utf-8")
-        mlflow.log_params({"bench.profile": lc.profile, "bench.users": lc.users, "bench.model": model,
+        mlflow.log_params({"bench.profile": lc.profile, "bench.users": lc.peak_users(), "bench.model": model,
                            "bench.max_tokens": cfg.bench.max_tokens})
         metrics = {k: float(v) for k, v in result["figures"].items()}
         metrics.update({"peak_rss_mib": result["peak_rss_mib"], "service_answers_after": float(after["ok"]),

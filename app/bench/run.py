@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from app.bench.load import BenchError, load_test
+from app.bench.load import BenchError, load_test, served_models
 from app.config import ExperimentConfig
 
 
@@ -21,7 +21,7 @@ def run_all(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of:
 
     deployed = False
     if cfg.bench.url is None and cfg.bench.target == "direct":
-        deployed = ensure_served(cfg, list(cfg.serving.models), "the benchmarks", progress)
+        deployed = ensure_served(cfg, served_models(cfg), "the benchmarks", progress)
     out: dict[str, Any] = {"loads": {}}
     try:
         for profile in cfg.bench.profiles:

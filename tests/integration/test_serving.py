@@ -689,7 +689,8 @@ def test_a_stress_run_beyond_saturation_leaves_the_service_answering(served, qa_
     """Stress through the A/B endpoint: 12 users started at once on two CPU engines (beyond saturation: the
     sweep test shows throughput flat past 4 in flight), then the same greedy question gets the same answer
     as before the load."""
-    sets = bench(served, "--set", "bench.target=ab", "--set", "bench.load.users=12", "--set", "bench.load.seconds=25",
+    sets = bench(served, "--set", "bench.target=ab", "--set", "bench.load.stress_users=12",
+                 "--set", "bench.load.seconds=25",
                  "--set", "bench.request_timeout_s=120")
     proc = run_cli("app", "bench", "load", "--profile", "stress", *sets, env=served["env"], timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -49,7 +49,8 @@ def test_roles_of_serve_and_vllm_processes():
 
 
 def test_profile_lengths():
-    assert LoadConfig(profile="step", users=8, step_users=3, step_seconds=10).duration_s() == 30
+    assert LoadConfig(profile="step", step_max_users=8, step_users=3, step_seconds=10).duration_s() == 30
+    assert LoadConfig(profile="stress", stress_users=20).peak_users() == 20
     assert LoadConfig(profile="soak", soak_seconds=120).duration_s() == 120
     assert LoadConfig(profile="stress", seconds=45).duration_s() == 45
 
