@@ -69,7 +69,7 @@ class Sampler(threading.Thread):
         self.pid = pid
         self.metrics_url = metrics_url
         self.samples: list[dict[str, Any]] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._cpu_prev: tuple[float, float] | None = None
 
     def _tree_cpu_seconds(self) -> float | None:
@@ -104,12 +104,12 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         t0 = time.perf_counter()
         psutil.cpu_percent(interval=None)
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self.samples.append(self.sample(t0))
-            self._stop.wait(self.every_s)
+            self._halt.wait(self.every_s)
 
     def stop(self) -> list[dict[str, Any]]:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=30)
         return self.samples
 

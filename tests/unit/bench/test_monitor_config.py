@@ -77,3 +77,20 @@ def test_ratio_summary_is_a_geometric_mean_with_a_log_scale_interval():
     # Reciprocal ratios give reciprocal results: the geometric mean is symmetric, the arithmetic one is not.
     assert ratio_summary([2.0, 0.5])["ratio"] == pytest.approx(1.0)
     assert ratio_summary([1.2])["rounds"] == 1 and "ci95" not in ratio_summary([1.2])
+
+
+def test_the_sampler_samples_a_process_trees_cpu_until_stopped():
+    import os
+    import time
+
+    from app.bench.monitor import Sampler
+
+    sampler = Sampler(0.1, pid=os.getpid(), metrics_url="http://127.0.0.1:9/metrics")  # nothing listens on 9
+    sampler.start()
+    end = time.perf_counter() + 1.5
+    while time.perf_counter() < end:  # keep this process busy: its CPU share shows
+        sum(i * i for i in range(10000))
+    samples = sampler.stop()
+    assert len(samples) >= 2 and not sampler.is_alive()
+    assert max(s.get("loadgen_cpu_percent", 0) for s in samples) > 20
+    assert all("rss_mib_total" in s and "kv_cache_usage" not in s for s in samples)
