@@ -83,9 +83,11 @@ def compare_pair(cfg: ExperimentConfig, url: str, key: str | None, pair: dict[st
     headers = {"baseline": bearer(key), "candidate": bearer(key)}
     if pair["candidate"] == cfg.ab.public_model:  # through the A/B ingress, to the baseline's engine
         headers["candidate"][cfg.ab.unit_header] = unit_in_arm(cfg, url, key, cfg.ab.baseline)
-    for side in ("baseline", "candidate"):  # warm both (first-request compilation, prefix caches)
-        asyncio.run(run_load(url, pair[side], prompts, 2, 2, cfg.bench.max_tokens, headers[side], seed=cfg.seed,
-                             timeout_s=timeout))
+    # Warm both sides on every prompt of the pool (one token each): first-request compilation, and the
+    # prefix cache, which earlier loads of one side alone would otherwise have filled for it only.
+    for side in ("baseline", "candidate"):
+        for messages in prompts:
+            asyncio.run(run_load(url, pair[side], [messages], 1, 1, 1, headers[side], timeout_s=timeout))
     rounds: list[dict[str, Any]] = []
     for r in range(cc.rounds):
         order = ("baseline", "candidate") if r % 2 == 0 else ("candidate", "baseline")
@@ -129,7 +131,7 @@ def compare(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of:
     out_dir = bench_dir(cfg) / "compare" / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_prompts(cfg, out_dir / "prompts.jsonl", progress)
-    prompts = read_prompts(out_dir / "prompts.jsonl")
+    prompts = read_prompts(out_dir / "prompts.jsonl")[: cfg.bench.compare.prompts]
     progress(f"compare at {url}: {[p['name'] for p in pairs]}, {cfg.bench.compare.rounds} interleaved rounds each")
     tags = {**({"rerun_of": rerun_of} if rerun_of else {})}
     with start_run(cfg, "bench_compare", config_path, tags=tags) as run:

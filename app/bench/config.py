@@ -83,6 +83,9 @@ class CompareConfig(Section):
                                     "the first of serving.models, and the A/B public name against its baseline "
                                     "arm's model when an experiment runs.")
     rounds: PositiveInt = Field(4, description="Rounds per pair, the order alternating (A B, B A, ...).")
+    prompts: PositiveInt = Field(24, description="The pool of test-split prompts the rounds draw from; each side "
+                                 "answers every one once before the rounds (one token), so both prefix caches "
+                                 "hold the same prompts.")
     concurrency: PositiveInt = Field(4, description="Requests in flight (closed loop).")
     requests_per_round: PositiveInt = Field(3, description="Requests per round: this many per concurrent user ...")
     min_requests: PositiveInt = Field(8, description="... and at least this many.")

@@ -273,12 +273,17 @@ def load_test(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_o
         if lc.profile == "soak":
             skip = min(60.0, result["profile_s"] / 5)  # engines settle after their first requests
             result["memory"] = memory_slope(result["samples"], lc.leak_mib_per_hour, skip_s=skip)
+            roles = sorted({k[len("rss_mib_"):] for s in result["samples"] for k in s if k.startswith("rss_mib_")}
+                           - {"total"})
+            result["memory"]["by_role"] = {
+                r: memory_slope(result["samples"], lc.leak_mib_per_hour, key=f"rss_mib_{r}", skip_s=skip)
+                .get("slope_mib_per_hour") for r in roles}
         summary = {k: v for k, v in result.items() if k != "samples"}
         summary.update({"url": url, "model": model, "prompts": n, "out_dir": str(out_dir),
                         "mlflow_run_id": run.info.run_id, "config": cfg.bench.model_dump(mode="json")})
         (out_dir / "summary.json").write_text(json.dumps(finite(summary), indent=2), encoding="utf-8")
-        mlflow.log_params({"bench.profile": lc.profile, "bench.users": lc.peak_users(), "bench.model": model,
-                           "bench.max_tokens": cfg.bench.max_tokens})
+        # The config is logged as params by start_run; what it resolved to goes in tags.
+        mlflow.set_tags({"served_model": model, "peak_users": str(lc.peak_users()), "url": url})
         metrics = {k: float(v) for k, v in result["figures"].items()}
         metrics.update({"peak_rss_mib": result["peak_rss_mib"], "service_answers_after": float(after["ok"]),
                         "same_answer_after": float(result["after"]["same_answer"])})

@@ -127,8 +127,16 @@ def recommendations(data: dict[str, Any], cfg: ExperimentConfig) -> list[dict[st
         ci = m.get("ci95_mib_per_hour")
         seen = (f"resident memory slope {m.get('slope_mib_per_hour', 0):+.0f} MiB/h (95% CI {ci[0]:+.0f} to "
                 f"{ci[1]:+.0f}) over {m.get('span_s', 0) / 60:.0f} min" if ci else m.get("reason", ""))
-        action = {"leak": "memory grows under steady load: find the process (samples.json per role) before "
-                          "running for days",
+        roles = {r: v for r, v in (m.get("by_role") or {}).items() if v is not None}
+        grower = max(roles, key=roles.get) if roles else None
+        if grower:
+            seen += f"; most of it in the {grower} ({roles[grower]:+.0f} MiB/h)"
+        leak_action = "memory grows under steady load: find the process (samples.json per role) before running for days"
+        if grower == "engines":
+            leak_action = ("the engines grow: part of that can be the KV cache's pages touched for the first time "
+                           "(bounded by serving.kv_cache_gib), which only a soak longer than a full pass over the "
+                           "cache tells from a leak; rerun with a longer bench.load.soak_seconds before acting")
+        action = {"leak": leak_action,
                   "no leak": "none: the slope's interval lies below the threshold",
                   "undecided": "lengthen bench.load.soak_seconds until the interval excludes the threshold"}[verdict]
         out.append({"rule": "soak", "finding": f"{verdict}: {seen} (threshold {m['threshold_mib_per_hour']:.0f} "

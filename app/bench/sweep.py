@@ -85,7 +85,7 @@ def sweep(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of: s
         result = sweep_levels(cfg, url, model, key, prompts, progress)
         for p in result["points"]:
             log_step_metrics({k: float(p[k]) for k in (*FIGURES, "peak_rss_mib") if k in p}, step=p["concurrency"])
-        mlflow.log_params({"bench.model": model, "bench.max_tokens": cfg.bench.max_tokens})
+        mlflow.set_tags({"served_model": model, "url": url})  # the config itself is logged as params
         result.update({"url": url, "model": model, "out_dir": str(out_dir), "mlflow_run_id": run.info.run_id})
         (out_dir / "points.json").write_text(json.dumps(finite(result), indent=2), encoding="utf-8")
         mlflow.log_artifacts(str(out_dir), "bench_sweep")

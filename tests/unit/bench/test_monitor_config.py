@@ -80,17 +80,21 @@ def test_ratio_summary_is_a_geometric_mean_with_a_log_scale_interval():
 
 
 def test_the_sampler_samples_a_process_trees_cpu_until_stopped():
-    import os
+    import subprocess
+    import sys
     import time
 
     from app.bench.monitor import Sampler
 
-    sampler = Sampler(0.1, pid=os.getpid(), metrics_url="http://127.0.0.1:9/metrics")  # nothing listens on 9
-    sampler.start()
-    end = time.perf_counter() + 1.5
-    while time.perf_counter() < end:  # keep this process busy: its CPU share shows
-        sum(i * i for i in range(10000))
-    samples = sampler.stop()
-    assert len(samples) >= 2 and not sampler.is_alive()
-    assert max(s.get("loadgen_cpu_percent", 0) for s in samples) > 20
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # a load generator using one core
+    try:
+        sampler = Sampler(0.2, pid=busy.pid, metrics_url="http://127.0.0.1:9/metrics")  # nothing listens on 9
+        sampler.start()
+        time.sleep(2.0)
+        samples = sampler.stop()
+    finally:
+        busy.kill()
+        busy.wait()
+    assert len(samples) >= 3 and not sampler.is_alive()
+    assert max(s.get("loadgen_cpu_percent", 0) for s in samples) > 40
     assert all("rss_mib_total" in s and "kv_cache_usage" not in s for s in samples)

@@ -38,7 +38,8 @@ def data():
     soak = {"figures": {"requests": 100, "completed": 100, "failed": 0}, "after": {"same_answer": True},
             "failures": [], "loadgen_cpu_percent_mean": 10.0, "peak_rss_mib": 4000.0, "source": "k/summary.json",
             "memory": {"verdict": "leak", "slope_mib_per_hour": 500.0, "ci95_mib_per_hour": [300.0, 700.0],
-                       "threshold_mib_per_hour": 64.0, "span_s": 600.0}, "samples": []}
+                       "threshold_mib_per_hour": 64.0, "span_s": 600.0,
+                       "by_role": {"engines": 480.0, "proxy": 1.0, "ingress": None}}, "samples": []}
     return {"loads": {"stress": stress, "soak": soak},
             "sweep": {"points": [point(1, 30, 400, 0.05), point(2, 55, 900, 0.1), point(4, 80, 2600, 0.15),
                                  point(8, 82, 6000, 0.2)], "saturated_at": 8, "source": "w/points.json"},
@@ -58,6 +59,7 @@ def test_each_rule_fires_with_its_figures(data):
     assert "40% of a core" in recs["loadgen-cpu"]["finding"]
     assert "no request failed" in recs["stress"]["finding"] and "answered the same" in recs["stress"]["finding"]
     assert recs["soak"]["finding"].startswith("leak: resident memory slope +500 MiB/h")
+    assert "most of it in the engines (+480 MiB/h)" in recs["soak"]["finding"] and "KV cache" in recs["soak"]["action"]
     assert "output_throughput x0.80" in recs["comparison"]["finding"]
     assert "within the noise" in recs["ab-overhead"]["finding"]
 
