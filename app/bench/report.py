@@ -188,6 +188,20 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _save(fig, ax, path: Path, title: str, xlabel: str | None, ylabel: str) -> str:
+    import matplotlib.pyplot as plt
+
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 def _plots(data: dict[str, Any], out: Path) -> list[str]:
     import matplotlib
 
@@ -203,14 +217,8 @@ def _plots(data: dict[str, Any], out: Path) -> list[str]:
             ax.plot([p["output_throughput"] for p in pts], [p[key] for p in pts], marker="o", label=label)
         for p in pts:
             ax.annotate(f"c={p['concurrency']}", (p["output_throughput"], p["p95_e2e_ms"]), fontsize=7)
-        ax.set_xlabel("output tokens/s")
-        ax.set_ylabel("latency (ms)")
-        ax.set_title("latency vs throughput (sweep)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "latency_throughput.png", dpi=110)
-        plt.close(fig)
-        files.append("latency_throughput.png")
+        files.append(_save(fig, ax, out / "latency_throughput.png", "latency vs throughput (sweep)",
+                           "output tokens/s", "latency (ms)"))
     if data["loads"]:
         fig, ax = plt.subplots(figsize=(7, 4))
         qs = ("p50", "p90", "p95", "p99")
@@ -219,26 +227,15 @@ def _plots(data: dict[str, Any], out: Path) -> list[str]:
             vals = [run["figures"].get(f"{q}_ttft_ms", 0) for q in qs]
             ax.bar([j + i * width for j in range(len(qs))], vals, width, label=f"{profile} TTFT")
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(qs))], qs)
-        ax.set_ylabel("ms")
-        ax.set_title("TTFT percentiles per load profile (Locust)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "ttft_percentiles.png", dpi=110)
-        plt.close(fig)
-        files.append("ttft_percentiles.png")
+        files.append(_save(fig, ax, out / "ttft_percentiles.png", "TTFT percentiles per load profile (Locust)",
+                           None, "ms"))
         fig, ax = plt.subplots(figsize=(7, 4))
         for profile, run in sorted(data["loads"].items()):
             s = [x for x in run.get("samples", []) if "rss_mib_total" in x]
             if s:
                 ax.plot([x["t_s"] for x in s], [x["rss_mib_total"] for x in s], label=profile)
-        ax.set_xlabel("seconds")
-        ax.set_ylabel("deployment RSS (MiB)")
-        ax.set_title("resident memory over time")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "memory.png", dpi=110)
-        plt.close(fig)
-        files.append("memory.png")
+        files.append(_save(fig, ax, out / "memory.png", "resident memory over time", "seconds",
+                           "deployment RSS (MiB)"))
     return files
 
 
