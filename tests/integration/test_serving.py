@@ -664,9 +664,11 @@ def test_locust_on_the_live_service_agrees_with_the_load_generator(served, qa_bu
     out = Path(load["out_dir"])
     assert {"locust_stats.csv", "locust.html", "locust_stats_history.csv", "samples.json", "summary.json",
             "prompts.jsonl"} <= {f.name for f in out.iterdir()}
-    # The users asked the domain's test-split questions (with their context), not a canned prompt.
-    first = json.loads((out / "prompts.jsonl").read_text().splitlines()[0])["messages"]
-    assert len((out / "prompts.jsonl").read_text().splitlines()) == 20 and "?" in first[-1]["content"]
+    # The users asked the domain's test-split questions (with their context, in evaluation's prompt format),
+    # not a canned prompt: bench.prompts of them, or the whole split when it is smaller (11 in it-build).
+    lines = (out / "prompts.jsonl").read_text().splitlines()
+    assert 5 <= len(lines) <= 20, len(lines)
+    assert all("\n\nQuestion: " in json.loads(line)["messages"][-1]["content"] for line in lines)
 
     proc = run_cli("app", "bench", "sweep", *sets, "--set", "bench.sweep.concurrencies=[2]",
                    "--set", "bench.sweep.requests_per_level=5", "--set", "bench.sweep.min_requests=10",
