@@ -248,6 +248,42 @@ def sequential_rates(successes_b: int, n_b: int, successes_c: int, n_c: int, tau
     return {"p_value": p, "confidence_sequence": cs, "looks": state.looks, "tau2": tau2}
 
 
+def aa_pooled_p(successes_b: np.ndarray, successes_c: np.ndarray, n: int) -> np.ndarray:
+    """compare_rates' two-sided pooled z-test p-value for equal arms of ``n``, vectorised."""
+    from scipy.stats import norm
+
+    pool = (successes_b + successes_c) / (2 * n)
+    se = np.sqrt(np.clip(pool * (1 - pool) * 2 / n, 1e-300, None))
+    return 2 * norm.sf(np.abs(successes_c - successes_b) / n / se)
+
+
+def aa_false_positive_rates(rate: float, looks: int, per_look: int, tau2: float, alpha: float = 0.05,
+                            reps: int = 2000, seed: int = 0, burn_in: int = 0) -> dict[str, Any]:
+    """Simulated A/A experiments (both arms at ``rate``, ``per_look`` new units per arm between looks):
+    how often each way of reading them declares a difference at ``alpha``. The fixed-horizon test read
+    once at the end, the same test read at every look (stopping at the first p < alpha: peeking), and
+    the always-valid sequential test read at every look from the first with ``burn_in`` units per arm
+    (as the report runs it)."""
+    rng = np.random.default_rng(seed)
+    a = rng.binomial(per_look, rate, size=(reps, looks)).cumsum(axis=1)
+    b = rng.binomial(per_look, rate, size=(reps, looks)).cumsum(axis=1)
+    p = np.stack([aa_pooled_p(a[:, k], b[:, k], per_look * (k + 1)) for k in range(looks)], axis=1)
+    hits = 0
+    for r in range(reps):
+        state = SequentialState()
+        for k in range(looks):
+            if per_look * (k + 1) < burn_in:
+                continue
+            d, v = rate_variance(int(a[r, k]), per_look * (k + 1), int(b[r, k]), per_look * (k + 1))
+            if v > 0 and state.update(d, v, tau2) < alpha:
+                hits += 1
+                break
+    return {"experiments": reps, "looks": looks, "units_per_arm_per_look": per_look, "rate": rate, "alpha": alpha,
+            "burn_in_units": burn_in,
+            "fixed_read_once": float((p[:, -1] < alpha).mean()), "fixed_read_every_look": float((p < alpha).any(
+                axis=1).mean()), "sequential_read_every_look": hits / reps}
+
+
 # -- unit-level (ratio) metrics -----------------------------------------------------------------
 
 

@@ -82,8 +82,16 @@ def test_a_real_difference_gives_the_candidate_the_win(tmp_path):
     assert len(looks) > 10
     p_seq = [lk["p_sequential"] for lk in looks]
     assert all(a >= b for a, b in zip(p_seq, p_seq[1:]))  # always-valid p never goes back up
+    # The sequential test's burn-in: no always-valid p before every arm has min_units_per_arm (20) units.
+    early = [lk for lk in looks if min(lk["n_baseline"], lk["n_candidate"]) < 20]
+    assert early and all(lk["p_sequential"] == 1.0 and lk["confidence_sequence"] == [None, None] for lk in early)
     assert report["per_arm"]["base"]["units"] + report["per_arm"]["finetuned"]["units"] == 300
     assert "winner finetuned" in markdown(report)
+    # The report shows why it reads the sequential p-value: A/A simulated with this experiment's own looks.
+    cal = report["aa_calibration"]
+    assert cal["looks"] == len(looks) and cal["rate"] == pytest.approx(looks[-1]["baseline"], abs=1e-9)
+    assert cal["fixed_read_every_look"] > cal["fixed_read_once"] and cal["sequential_read_every_look"] <= 0.06
+    assert "simulated A/A experiments with this experiment's" in markdown(report)
     page = render(report)
     assert 'id="decision-finetuned"' in page and "<svg" in page
 
