@@ -15,6 +15,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def strictly_rising(values: list[int], what: str = "concurrencies") -> list[int]:
+    """A validator's rule for load levels: each larger than the last (ValueError otherwise)."""
+    if values != sorted(set(values)):
+        raise ValueError(f"{what} must rise strictly, got {values}")
+    return values
+
+
 def duplicates(items: list[str]) -> list[str]:
     return sorted({m for m in items if items.count(m) > 1})
 

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from app.bench.load import BenchError, bench_dir, served_models, target, write_prompts
+from app.bench.load import BenchError, bench_dir, endpoint, served_models, write_prompts
 from app.bench.sweep import read_prompts
 from app.config import ExperimentConfig
-from app.endpoint import bearer, listed_models
+from app.endpoint import bearer
 from app.serving.loadgen import run_load, summarize
 
 # Figures compared, and which direction is better.
@@ -119,8 +119,7 @@ def compare(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of:
 
     from app.tracking import finite, log_step_metrics, start_run
 
-    url, _, key = target(cfg)
-    served = listed_models(url + "/v1", key)
+    url, key, served = endpoint(cfg)
     pairs = [p.model_dump() for p in cfg.bench.compare.pairs] or default_pairs(cfg, served)
     if not pairs:
         raise BenchError(f"nothing to compare: {url} serves {sorted(served)}; serve two models (serving.models) or "

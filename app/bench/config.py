@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from app.sections import Section
+from app.sections import Section, strictly_rising
 
 PROFILES = ("steady", "step", "stress", "soak")
 
@@ -64,9 +64,7 @@ class SweepConfig(Section):
     @field_validator("concurrencies")
     @classmethod
     def _levels(cls, v: list[int]) -> list[int]:
-        if v != sorted(set(v)):
-            raise ValueError(f"concurrencies must rise strictly, got {v}")
-        return v
+        return strictly_rising(v)
 
 
 class PairConfig(Section):

@@ -51,32 +51,47 @@ def served_models(cfg: ExperimentConfig) -> list[str]:
     return list(cfg.serving.models) or [cfg.model.name]
 
 
-def target(cfg: ExperimentConfig) -> tuple[str, str, str | None]:
-    """(base URL without /v1, model id to ask for, API key) of the benchmarked endpoint; a clear error
-    when the model is not served there."""
+def endpoint(cfg: ExperimentConfig) -> tuple[str, str | None, set[str]]:
+    """(base URL without /v1, API key, model ids it serves) of the benchmarked endpoint; a clear error
+    when it does not answer."""
     b: BenchConfig = cfg.bench
     if b.url:
         v1, key = external_endpoint(b.url, b.api_key_env, "bench.url", BenchError)
         url = v1[: -len("/v1")]
     else:
         url, key = base_url(cfg.serving), serving_key(cfg.serving)
-    model = cfg.ab.public_model if b.target == "ab" else (b.model or served_models(cfg)[0])
     try:
-        served = listed_models(url + "/v1", key)
+        return url, key, listed_models(url + "/v1", key)
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
         raise BenchError(f"the endpoint {url} does not answer ({type(exc).__name__}: {exc}); start it with "
                          "`app serve up` (or `app ab start` for bench.target=ab), or set bench.url") from None
+
+
+def target(cfg: ExperimentConfig) -> tuple[str, str, str | None]:
+    """(base URL without /v1, model id to ask for, API key) of the benchmarked endpoint; a clear error
+    when the model is not served there."""
+    b: BenchConfig = cfg.bench
+    url, key, served = endpoint(cfg)
+    model = cfg.ab.public_model if b.target == "ab" else (b.model or served_models(cfg)[0])
     if model not in served:
         hint = "`app ab start`" if b.target == "ab" else "`app serve up` with it in serving.models"
         raise BenchError(f"model {model!r} is not served at {url} (served: {sorted(served)}); start it with {hint}")
     return url, model, key
 
 
+_QUESTIONS: dict[str, list[dict[str, Any]]] = {}  # test-split prompts by the config they were built from
+
+
 def write_prompts(cfg: ExperimentConfig, path: Path, progress: Callable[[str], None]) -> int:
-    """The domain prompts Locust's users send: ``bench.prompts`` test-split questions, seeded sample."""
+    """The domain prompts Locust's users send: ``bench.prompts`` test-split questions, seeded sample.
+    The test set is read, given its context and formatted once per process and config (`app bench all`
+    runs six stages on the same one); the bench section itself does not change the prompts."""
     from app.ab.simulate import test_questions
 
-    questions = test_questions(cfg, progress)
+    key = cfg.model_dump_json(exclude={"bench"})
+    if key not in _QUESTIONS:
+        _QUESTIONS[key] = test_questions(cfg, progress)
+    questions = _QUESTIONS[key]
     rng = random.Random(cfg.seed)
     chosen = rng.sample(questions, min(cfg.bench.prompts, len(questions)))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +118,7 @@ def locust_command(cfg: ExperimentConfig, url: str, model: str, prompts: Path, p
             "--prompts", str(prompts), "--max-tokens", str(b.max_tokens), "--ignore-eos", str(b.ignore_eos).lower(),
             "--api-key-env", KEY_VAR, "--unit-header", cfg.ab.unit_header, "--shape", lc.profile,
             "--shape-users", str(lc.peak_users()), "--shape-spawn-rate", str(lc.spawn_rate),
-            "--shape-seconds", str(lc.soak_seconds if lc.profile == "soak" else lc.seconds),
+            "--shape-seconds", str(lc.duration_s()),  # steady, stress, soak (step uses its steps)
             "--step-users", str(lc.step_users), "--step-seconds", str(lc.step_seconds),
             *(["--allow-remote"] if b.allow_remote else []),
             "--csv", str(prefix), "--csv-full-history", "--html", str(prefix) + ".html", "--only-summary",
@@ -238,7 +253,7 @@ def run_locust(cfg: ExperimentConfig, url: str, model: str, key: str | None, pro
             "samples": samples,
             "loadgen_cpu_percent_mean": sum(cpu) / len(cpu) if cpu else None,
             "loadgen_cpu_percent_max": max(cpu) if cpu else None,
-            "peak_rss_mib": max((s.get("rss_mib_total", 0.0) for s in samples), default=0.0), **peaks(samples)}
+            **peaks(samples)}
 
 
 def load_test(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of: str | None = None,

@@ -80,25 +80,25 @@ def load_prompts(path: str | None) -> list[list[dict]]:
 
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
-    group = parser  # Locust's own parser: only it takes include_in_web_ui (argument groups do not)
-    group.add_argument("--model", default=os.environ.get("BENCH_MODEL", ""), include_in_web_ui=True,
+    # Locust's own parser: only it takes include_in_web_ui (argument groups do not).
+    parser.add_argument("--model", default=os.environ.get("BENCH_MODEL", ""), include_in_web_ui=True,
                        help="Model id to ask for (a served model, or the A/B experiment's public name).")
-    group.add_argument("--prompts", default="", help="JSONL of {\"messages\": [...]} (default: "
+    parser.add_argument("--prompts", default="", help="JSONL of {\"messages\": [...]} (default: "
                        "$DOMAIN_LLM_HOME/bench/prompts.jsonl, else offline questions).")
-    group.add_argument("--max-tokens", type=int, default=64, include_in_web_ui=True, help="Output tokens per request.")
-    group.add_argument("--ignore-eos", default="true", choices=["true", "false"], include_in_web_ui=True,
+    parser.add_argument("--max-tokens", type=int, default=64, include_in_web_ui=True, help="Output tokens per request.")
+    parser.add_argument("--ignore-eos", default="true", choices=["true", "false"], include_in_web_ui=True,
                        help="Fixed output length (vLLM's benchmark does this: equal work per request).")
-    group.add_argument("--api-key-env", default="OPENAI_API_KEY", help="Environment variable holding the API key.")
-    group.add_argument("--unit-header", default="x-user-id", help="Header carrying each simulated user's id "
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="Environment variable holding the API key.")
+    parser.add_argument("--unit-header", default="x-user-id", help="Header carrying each simulated user's id "
                        "(sticky A/B assignment).")
-    group.add_argument("--allow-remote", action="store_true", default=False,
+    parser.add_argument("--allow-remote", action="store_true", default=False,
                        help="Allow a --host that is not this machine.")
-    group.add_argument("--shape", default="manual", choices=PROFILES, help="Load shape (see the module's doc).")
-    group.add_argument("--shape-users", type=int, default=4, help="Peak / held users of the profile.")
-    group.add_argument("--shape-spawn-rate", type=float, default=2.0, help="Users started per second.")
-    group.add_argument("--shape-seconds", type=float, default=60.0, help="How long the load is held.")
-    group.add_argument("--step-users", type=int, default=2, help="step: users added per step.")
-    group.add_argument("--step-seconds", type=float, default=30.0, help="step: seconds per step.")
+    parser.add_argument("--shape", default="manual", choices=PROFILES, help="Load shape (see the module's doc).")
+    parser.add_argument("--shape-users", type=int, default=4, help="Peak / held users of the profile.")
+    parser.add_argument("--shape-spawn-rate", type=float, default=2.0, help="Users started per second.")
+    parser.add_argument("--shape-seconds", type=float, default=60.0, help="How long the load is held.")
+    parser.add_argument("--step-users", type=int, default=2, help="step: users added per step.")
+    parser.add_argument("--step-seconds", type=float, default=30.0, help="step: seconds per step.")
 
 
 @events.init.add_listener

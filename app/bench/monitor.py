@@ -142,8 +142,9 @@ def memory_slope(samples: list[dict[str, Any]], threshold_mib_per_h: float, key:
 
 
 def peaks(samples: list[dict[str, Any]]) -> dict[str, float]:
-    """The highest KV-cache use and engine queue seen during a level (when the metrics were read)."""
-    out = {}
+    """The deployment's peak resident memory, and the highest KV-cache use and engine queue (when the
+    metrics were read), over a run's samples."""
+    out = {"peak_rss_mib": max((s.get("rss_mib_total", 0.0) for s in samples), default=0.0)}
     for key in ("kv_cache_usage", "requests_waiting", "requests_running"):
         values = [s[key] for s in samples if key in s]
         if values:

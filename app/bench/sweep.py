@@ -51,7 +51,6 @@ def sweep_levels(cfg: ExperimentConfig, url: str, model: str, key: str | None, p
         finally:
             samples = sampler.stop()
         point = {"concurrency": c, **summarize(results, wall, slo),
-                 "peak_rss_mib": max((s.get("rss_mib_total", 0.0) for s in samples), default=0.0),
                  **peaks(samples),
                  "errors": sorted({r.error for r in results if not r.ok})[:3]}
         points.append(point)

@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.sections import Section, duplicates, is_loopback
+from app.sections import Section, duplicates, is_loopback, strictly_rising
 
 
 NO_KEY_IN_CONFIG = (
@@ -206,9 +206,7 @@ class ServeSweepConfig(Section):
     @field_validator("concurrencies")
     @classmethod
     def _levels(cls, v: list[int]) -> list[int]:
-        if v != sorted(set(v)):
-            raise ValueError(f"concurrencies must rise strictly, got {v}")
-        return v
+        return strictly_rising(v)
 
     @model_validator(mode="after")
     def _keys(self) -> ServeSweepConfig:

@@ -98,3 +98,12 @@ def test_the_sampler_samples_a_process_trees_cpu_until_stopped():
     assert len(samples) >= 3 and not sampler.is_alive()
     assert max(s.get("loadgen_cpu_percent", 0) for s in samples) > 40
     assert all("rss_mib_total" in s and "kv_cache_usage" not in s for s in samples)
+
+
+def test_peaks_of_a_runs_samples():
+    from app.bench.monitor import peaks
+
+    samples = [{"t_s": 0, "rss_mib_total": 100.0, "kv_cache_usage": 0.1}, {"t_s": 1, "rss_mib_total": 130.0},
+               {"t_s": 2, "rss_mib_total": 120.0, "kv_cache_usage": 0.4, "requests_waiting": 3.0}]
+    assert peaks(samples) == {"peak_rss_mib": 130.0, "max_kv_cache_usage": 0.4, "max_requests_waiting": 3.0}
+    assert peaks([]) == {"peak_rss_mib": 0.0}
