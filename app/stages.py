@@ -84,14 +84,21 @@ REGISTRY: dict[str, Stage] = {s.name: s for s in (
           "app.bench.compare:compare",
           reads=("seed", "model", "ray", "data", "prompt", "evaluation", "serving", "ab", "bench"),
           consumes=("base_model", "dataset"), produces=("bench_compare",)),
+    # Runs the evaluation stage (quality) and the serve sweep (tuned vs default): it reads what they read.
+    Stage("bench_suites", "Comparisons run by the stage or benchmark that owns them: quality, serving, engines, INT4.",
+          "app.bench.suites:run_suites",
+          reads=("name", "seed", "model", "ray", "data", "prompt", "lora", "training", "evaluation", "serving",
+                 "serve_sweep", "ab", "bench"),
+          consumes=("base_model", "finetuned_model", "dataset", "quantized_models"), produces=("bench_suites",)),
     Stage("bench_report", "The performance report: targets, rule-based recommendations, plots, in MLflow.",
           "app.bench.report:report",
           reads=("seed", "model", "ray", "data", "prompt", "evaluation", "serving", "ab", "bench"),
-          consumes=("bench_load", "bench_sweep", "bench_compare"), produces=("bench_report",)),
-    Stage("benchmark", "Every benchmark: the load profiles, the sweep, the comparisons, the report.",
+          consumes=("bench_load", "bench_sweep", "bench_compare", "bench_suites"), produces=("bench_report",)),
+    Stage("benchmark", "Every benchmark: the load profiles, the sweep, the comparisons, the suites, the report.",
           "app.bench.run:run_all",
-          reads=("seed", "model", "ray", "data", "prompt", "evaluation", "serving", "ab", "bench"),
-          consumes=("base_model", "dataset"), produces=("bench_report",)),
+          reads=("name", "seed", "model", "ray", "data", "prompt", "lora", "training", "evaluation", "serving",
+                 "serve_sweep", "ab", "bench"),
+          consumes=("base_model", "finetuned_model", "dataset", "quantized_models"), produces=("bench_report",)),
 )}
 
 # Stages `app rerun` can re-run, by the `app.stage` tag of their MLflow run.

@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--variants", nargs="+", default=["default="],
                     help="Serve settings to measure, each 'name=field:value,...' ('name=': as configured)")
+    ap.add_argument("--out", type=Path, help="JSON report path (default: <home>/reports/benchmarks/serve_vs_vllm-<time>.json)")
     args = ap.parse_args()
     variants = [parse_path(v) for v in args.variants]
 
@@ -112,13 +113,15 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     report = {"model": model, "serving": serving.model_dump(mode="json"), "variants": dict(variants),
               "ready_s": ready, "rows": rows, "raw": results}
-    (out / f"serve_vs_vllm-{stamp}.json").write_text(json.dumps(report, indent=2))
+    report_path = args.out or out / f"serve_vs_vllm-{stamp}.json"
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2))
     print(f"\nRay Serve vs plain vLLM server, {model}, {args.max_tokens} output tokens, streamed; ready after {ready} s")
     head = list(rows[0])
     print(" | ".join(head))
     for r in rows:
         print(" | ".join(str(r[k]) for k in head))
-    print(f"report: {out / f'serve_vs_vllm-{stamp}.json'}")
+    print(f"report: {report_path}")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--hf-batches", default="1,8,32", help="HF batch sizes to measure")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", type=Path, help="also write the result as JSON here")
     args = ap.parse_args()
     cfg = load_config(args.config, args.set)
     model_dir = model_store(cfg).resolve(cfg.model).path
@@ -94,6 +95,11 @@ def main() -> None:
               "median_tok_s": med, "best_hf": best, "speedup_vs_best_hf": med["vllm"] / med[best],
               "speedup_per_round": ratios, "speedup_vs_hf_batch1": med["vllm"] / med.get("hf_batch1", float("nan"))}
     print(json.dumps(result, indent=2, default=lambda x: round(x, 2)))
+    # Without this the interpreter waits at exit for the engine's processes, which do not end by themselves.
+    llm.llm_engine.engine_core.shutdown()
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -89,13 +89,53 @@ class CompareConfig(Section):
     min_requests: PositiveInt = Field(8, description="... and at least this many.")
 
 
+SUITES = ("quality", "tuned_vs_default", "serve_vs_vllm", "vllm_vs_hf", "int4_vs_bf16")
+
+
+class SuitesConfig(Section):
+    """Comparisons measured by the stage or benchmark that already owns them (``app bench suites``; `app bench
+    all` runs them after the live-endpoint benchmarks). Each starts its own servers, so each needs the machine
+    to itself: with an endpoint left running they are skipped, with the reason in the report."""
+
+    run: list[Literal["quality", "tuned_vs_default", "serve_vs_vllm", "vllm_vs_hf", "int4_vs_bf16"]] = Field(
+        default_factory=lambda: list(SUITES),
+        description="quality: fine-tuned vs base answers (the latest `app eval run` that has both, else a new "
+        "one); tuned_vs_default: the serving section vs vLLM's defaults (`app serve sweep`); serve_vs_vllm: the "
+        "Ray Serve endpoint vs the plain vLLM server (benchmarks/serve_vs_vllm.py); vllm_vs_hf: vLLM vs "
+        "transformers `generate` (benchmarks/vllm_vs_hf.py); int4_vs_bf16: each INT4 variant vs its bf16 source "
+        "on vLLM (benchmarks/quant_serving.py).")
+    concurrencies: list[PositiveInt] = Field(default_factory=lambda: [4, 16], min_length=1,
+                                             description="tuned_vs_default and serve_vs_vllm: the load levels.")
+    requests_per_level: PositiveInt = Field(4, description="tuned_vs_default and serve_vs_vllm: requests per "
+                                            "concurrent user at each level.")
+    rounds: PositiveInt = Field(2, description="tuned_vs_default, vllm_vs_hf and int4_vs_bf16: rounds, the order "
+                                "alternating (the spread of the ratios comes from them); serve_vs_vllm runs one.")
+    hf_batches: list[PositiveInt] = Field(default_factory=lambda: [8, 32], min_length=1,
+                                          description="vllm_vs_hf: HF batch sizes; the best is the baseline.")
+    hf_prompts: PositiveInt = Field(32, description="vllm_vs_hf: prompts per round.")
+    int4_models: list[str] = Field(default_factory=list, description="int4_vs_bf16: store names of INT4 variants; "
+                                   "empty: every quantized entry made from the fine-tuned model "
+                                   "(training.output_model).")
+    int4_requests: PositiveInt = Field(6, description="int4_vs_bf16: single-stream requests per variant.")
+    int4_concurrency: PositiveInt = Field(8, description="int4_vs_bf16: requests in flight at the throughput point.")
+    timeout_s: PositiveFloat = Field(2400.0, description="Each suite is stopped after this long.")
+
+    @field_validator("concurrencies")
+    @classmethod
+    def _levels(cls, v: list[int]) -> list[int]:
+        return strictly_rising(v)
+
+
 class BenchConfig(Section):
     """Performance benchmarks: Locust load profiles and concurrency sweeps (app.bench)."""
 
     target: Literal["direct", "ab"] = Field(
         "direct", description="direct: a served model by its own id (`model`); ab: the A/B experiment's public "
         "model name (ab.public_model) through the traffic-splitting ingress.")
-    model: str | None = Field(None, description="direct: the model id asked for; None: the first of serving.models.")
+    model: str | None = Field(None, description="direct: the model id asked for; None: the first of `models`.")
+    models: list[str] = Field(default_factory=list, description="Store models benchmarked on the project's "
+                              "endpoint (`app bench all` deploys them when it is down; compare's default pairs "
+                              "are each against the first); empty: serving.models, else model.name.")
     url: str | None = Field(None, description="Endpoint base URL; None: the project's (serving.host, serving.port).")
     allow_remote: bool = Field(False, description="Load a host that is not this machine (127.0.0.0/8, ::1, "
                                "localhost). Off by default: a load test is an attack on someone else's server.")
@@ -114,6 +154,7 @@ class BenchConfig(Section):
     load: LoadConfig = Field(default_factory=LoadConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
+    suites: SuitesConfig = Field(default_factory=SuitesConfig)
     out_dir: str | None = Field(None, description="Where runs are written; None: <home>/bench.")
 
     @model_validator(mode="after")

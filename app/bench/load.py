@@ -47,8 +47,8 @@ def bench_dir(cfg: ExperimentConfig) -> Path:
 
 
 def served_models(cfg: ExperimentConfig) -> list[str]:
-    """The models the project's endpoint serves by its config: serving.models, or model.name alone."""
-    return list(cfg.serving.models) or [cfg.model.name]
+    """The models benchmarked on the project's endpoint: bench.models, else serving.models, else model.name."""
+    return list(cfg.bench.models) or list(cfg.serving.models) or [cfg.model.name]
 
 
 def endpoint(cfg: ExperimentConfig) -> tuple[str, str | None, set[str]]:

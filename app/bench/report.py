@@ -42,14 +42,17 @@ def collect(cfg: ExperimentConfig) -> dict[str, Any]:
         loads[doc.get("config", {}).get("load", {}).get("profile") or path.parent.name.rsplit("-", 1)[-1]] = doc
     sweep_path = latest(root / "sweep", "points.json")
     compare_path = latest(root / "compare", "compare.json")
-    out = {"loads": loads, "sweep": None, "compare": None}
+    suites_path = latest(root / "suites", "suites.json")
+    out = {"loads": loads, "sweep": None, "compare": None, "suites": None}
+    if suites_path:
+        out["suites"] = json.loads(suites_path.read_text(encoding="utf-8")) | {"source": str(suites_path)}
     if sweep_path:
         out["sweep"] = json.loads(sweep_path.read_text(encoding="utf-8")) | {"source": str(sweep_path)}
     if compare_path:
         out["compare"] = json.loads(compare_path.read_text(encoding="utf-8")) | {"source": str(compare_path)}
-    if not (loads or out["sweep"] or out["compare"]):
-        raise BenchError(f"no benchmark results under {root}: run `app bench load`, `app bench sweep` or "
-                         "`app bench compare` first")
+    if not (loads or out["sweep"] or out["compare"] or out["suites"]):
+        raise BenchError(f"no benchmark results under {root}: run `app bench load`, `app bench sweep`, "
+                         "`app bench compare` or `app bench suites` first")
     return out
 
 
@@ -163,6 +166,70 @@ def recommendations(data: dict[str, Any], cfg: ExperimentConfig) -> list[dict[st
         else:
             out.append({"rule": "comparison", "finding": f"{name}: " + (f"better on {', '.join(better)}, no worse on "
                         "any metric" if better else "no difference beyond the noise"), "action": "none"})
+    out += suite_recommendations(data)
+    return out
+
+
+SERVE_OVERHEAD = 0.10  # Ray Serve may cost at most this share of the plain vLLM server's throughput
+
+
+def _suite_rows(data: dict[str, Any], suite: str) -> list[dict[str, Any]]:
+    res = ((data.get("suites") or {}).get("suites") or {}).get(suite) or {}
+    return res.get("rows", []) if res.get("status") == "ok" else []
+
+
+def suite_recommendations(data: dict[str, Any]) -> list[dict[str, str]]:
+    """Rules over the suites' rows (app.bench.suites)."""
+    out: list[dict[str, str]] = []
+    for name, res in ((data.get("suites") or {}).get("suites") or {}).items():
+        if res.get("status") != "ok":
+            out.append({"rule": f"suite {name}", "finding": f"not measured ({res.get('status')}): "
+                        f"{res.get('reason', '')[:300]}", "action": "see the reason; `app bench suites` runs it alone"})
+    tput = [r for r in _suite_rows(data, "serve_vs_vllm") if r["figure"] == "output tok/s" and r["ratio"]]
+    if tput:
+        worst = min(tput, key=lambda r: r["ratio"])
+        if worst["ratio"] < 1 - SERVE_OVERHEAD:
+            out.append({"rule": "serve-overhead", "finding": f"{worst['comparison']}: Ray Serve gives "
+                        f"x{worst['ratio']:.2f} of the plain vLLM server's throughput (more than "
+                        f"{100 * SERVE_OVERHEAD:.0f}% lost)", "action": "the proxy and ingress take CPU from the "
+                        "engine: raise serving.stream_batching_interval_ms (fewer, larger stream messages), or give "
+                        "Serve's processes their own cores"})
+        else:
+            out.append({"rule": "serve-overhead", "finding": f"Ray Serve keeps x{worst['ratio']:.2f} or more of the "
+                        f"plain vLLM server's throughput at every level measured ({worst['comparison']} lowest)",
+                        "action": "none: within the {:.0f}% budget".format(100 * SERVE_OVERHEAD)})
+    for r in _suite_rows(data, "tuned_vs_default")[:1]:
+        if r["ratio"] is None:
+            continue
+        if r["beyond_noise"] and r["ratio"] > 1:
+            action = "keep the serving section" + (" (the +30% goal is not reached: try serve_sweep.grid)"
+                                                   if r["ratio"] < 1.3 else "")
+        elif r["beyond_noise"]:
+            action = "vLLM's defaults are faster here: re-run `app serve sweep` with a grid and take its winner"
+        else:
+            action = "no difference beyond the rounds' spread: add rounds (bench.suites.rounds) before concluding"
+        out.append({"rule": "tuned-serving", "finding": f"the serving section gives x{r['ratio']:.2f} of vLLM's "
+                    f"defaults' best throughput under the SLO ({r['candidate']:.1f} vs {r['baseline']:.1f} tok/s)",
+                    "action": action})
+    int4 = _suite_rows(data, "int4_vs_bf16")
+    for comparison in dict.fromkeys(r["comparison"] for r in int4):
+        rows = {r["figure"]: r for r in int4 if r["comparison"] == comparison}
+        size = rows.get("checkpoint MiB")
+        tput = next((r for f, r in rows.items() if f.endswith("output tok/s") and not f.startswith("c=1 ")), None)
+        if size and tput and size["ratio"] and tput["ratio"]:
+            slower = tput["ratio"] < 1
+            out.append({"rule": "int4-serving", "finding": f"{comparison}: checkpoint x{size['ratio']:.2f}, "
+                        f"{tput['figure']} x{tput['ratio']:.2f}", "action": (
+                            "INT4 saves disk and memory but decodes slower under load here (dequantization "
+                            "dominates a small model on CPU): serve bf16 where throughput matters, INT4 where "
+                            "memory does" if slower else "INT4 is no slower under load: serve it where its accuracy "
+                            "drop (app quantize report) is acceptable")})
+    for r in _suite_rows(data, "quality")[:1]:
+        out.append({"rule": "quality", "finding": f"{r['comparison']}: {r['figure']} {r['baseline']:.3f} -> "
+                    f"{r['candidate']:.3f} (95% CI of the difference [{r['spread'][0]:+.3f}, {r['spread'][1]:+.3f}])",
+                    "action": ("the fine-tuned model answers better on these questions; check the per-origin rows "
+                               "before reading it as more correct" if r["beyond_noise"] and r["spread"][0] > 0 else
+                               "no quality gain beyond noise: do not pay the fine-tuned model's cost for it")})
     return out
 
 
@@ -185,7 +252,30 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"target": f"{pair['name']}: no worse than the baseline beyond noise on every metric, better on "
                      "a primary one", "met": not worse and bool(better),
                      "figure": f"worse: {worse or 'none'}; better (primary): {better or 'none'}"})
+    for r in _suite_rows(data, "tuned_vs_default")[:1]:
+        if r["ratio"] is not None:
+            rows.append({"target": "tuned serving: +30% best throughput under the SLO over vLLM's defaults, beyond "
+                         "noise", "met": bool(r["beyond_noise"]) and r["ratio"] >= 1.3,
+                         "figure": f"x{r['ratio']:.3f}, spread {_spread(r)}"})
+    tput = [r for r in _suite_rows(data, "serve_vs_vllm") if r["figure"] == "output tok/s" and r["ratio"]]
+    if tput:
+        worst = min(tput, key=lambda r: r["ratio"])
+        rows.append({"target": f"Ray Serve within {100 * SERVE_OVERHEAD:.0f}% of the plain vLLM server's throughput",
+                     "met": worst["ratio"] >= 1 - SERVE_OVERHEAD, "figure": f"lowest x{worst['ratio']:.3f} "
+                     f"({worst['comparison']}; one round)"})
+    for r in _suite_rows(data, "vllm_vs_hf"):
+        rows.append({"target": "vLLM faster than transformers generate beyond noise", "met": bool(r["beyond_noise"])
+                     and r["ratio"] > 1, "figure": f"x{r['ratio']:.2f}, per-round {_spread(r)}"})
+    for r in _suite_rows(data, "int4_vs_bf16"):
+        if r["figure"] == "checkpoint MiB" and r["ratio"]:
+            rows.append({"target": f"{r['comparison']}: checkpoint >= 40% smaller", "met": r["ratio"] <= 0.6,
+                         "figure": f"x{r['ratio']:.2f} ({r['candidate']:.0f} vs {r['baseline']:.0f} MiB)"})
     return rows
+
+
+def _spread(r: dict[str, Any]) -> str:
+    sp = r.get("spread")
+    return f"[{sp[0]:.3g}, {sp[1]:.3g}]" if sp else "none measured"
 
 
 def _save(fig, ax, path: Path, title: str, xlabel: str | None, ylabel: str) -> str:
@@ -301,8 +391,34 @@ def markdown(data: dict[str, Any], recs: list[dict[str, str]], checks: list[dict
                              "higher" if r["higher_is_better"] else "lower"])
         md += [_table(rows, ["pair", "figure", "ratio", "95% CI", "range", "beyond noise", "better is"]), "",
                f"Source: {cmp_['source']}.", "", "```bash", f"app bench compare{cfg_arg}", "```", ""]
+    md += suites_markdown(data.get("suites"))
     md += [f"![{p}]({p})" for p in plots]
     return "\n".join(md) + "\n"
+
+
+def suites_markdown(suites: dict[str, Any] | None) -> list[str]:
+    if not suites:
+        return []
+    md = ["## Comparisons measured by their own stage or benchmark (`app bench suites`)", "",
+          "Ratio = candidate / baseline; for quality the figures are means and the spread is the 95% interval "
+          "of the paired difference. Each suite's command reproduces its rows.", ""]
+    for name, res in suites["suites"].items():
+        md += [f"### {name}: {res['status']} ({res.get('seconds', 0):.0f} s)", ""]
+        if res["status"] != "ok":
+            md += [f"Not measured: {res.get('reason', '')}", ""]
+            continue
+        rows = [[r["comparison"], r["figure"], _fmt(r["baseline"]), _fmt(r["candidate"]), _fmt(r["ratio"]),
+                 _spread(r), {True: "yes", False: "no", None: "-"}[r["beyond_noise"]],
+                 "higher" if r["higher_is_better"] else "lower", r["note"]] for r in res["rows"]]
+        md += [_table(rows, ["comparison", "figure", "baseline", "candidate", "ratio", "spread", "beyond noise",
+                             "better is", "note"]), ""]
+        if res.get("note"):
+            md += [f"Note: {res['note']}.", ""]
+        if res.get("how"):
+            md += [f"Evaluation {res.get('evaluation')}: {res['how']}.", ""]
+        md += ["```bash", res["command"], "```", ""]
+    md += [f"Source: {suites['source']}.", ""]
+    return md
 
 
 def to_html(md: str, plots: list[str], folder: Path) -> str:
@@ -335,7 +451,8 @@ def report(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of: 
     doc = {"targets": checks, "recommendations": recs, "out_dir": str(out),
            "sources": {"loads": {p: r["source"] for p, r in data["loads"].items()},
                        "sweep": (data.get("sweep") or {}).get("source"),
-                       "compare": (data.get("compare") or {}).get("source")}}
+                       "compare": (data.get("compare") or {}).get("source"),
+                       "suites": (data.get("suites") or {}).get("source")}}
     (out / "report.json").write_text(json.dumps(finite(doc), indent=2), encoding="utf-8")
     with start_run(cfg, "bench_report", config_path, tags={"rerun_of": rerun_of} if rerun_of else {}) as run:
         mlflow.log_artifacts(str(out), "bench_report")

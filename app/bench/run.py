@@ -11,17 +11,22 @@ from app.config import ExperimentConfig
 
 def run_all(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of: str | None = None,
             progress: Callable[[str], None] = print) -> dict[str, Any]:
-    """Load profiles (``bench.profiles``), the sweep, the comparisons, the report, in that order. The
-    project's endpoint is deployed for the run when it is not up (and removed after); bench.target=ab
-    needs the experiment running (`app ab start`), and bench.url a running endpoint."""
+    """Load profiles (``bench.profiles``), the sweep, the comparisons on the endpoint, then the suites
+    (``bench.suites.run``: comparisons that start their own servers), then the report. The project's
+    endpoint is deployed for the run when it is not up (and removed before the suites); bench.target=ab
+    needs the experiment running (`app ab start`), and bench.url a running endpoint. Suites that need
+    the machine are skipped (reason in the report) while an endpoint this run did not deploy is up."""
     from app.bench.compare import compare
     from app.bench.report import report
+    from app.bench.suites import run_suites
     from app.bench.sweep import sweep
     from app.serving.manager import down, ensure_served
 
     deployed = False
     if cfg.bench.url is None and cfg.bench.target == "direct":
-        deployed = ensure_served(cfg, served_models(cfg), "the benchmarks", progress)
+        models = served_models(cfg)
+        serving = cfg.serving.model_copy(update={"models": models})
+        deployed = ensure_served(cfg.model_copy(update={"serving": serving}), models, "the benchmarks", progress)
     out: dict[str, Any] = {"loads": {}}
     try:
         for profile in cfg.bench.profiles:
@@ -38,10 +43,14 @@ def run_all(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of:
             if "nothing to compare" not in str(exc):
                 raise
             progress(f"comparisons skipped: {exc}")
-        out["report"] = report(cfg, config_path, rerun_of=rerun_of, progress=progress)
     finally:
         if deployed:
             progress("removing the Serve app deployed for the benchmarks")
             down(cfg)
+    if cfg.bench.suites.run:
+        progress("== suites: comparisons measured by their own stage or benchmark ==")
+        out["suites"] = run_suites(cfg, config_path, rerun_of=rerun_of, progress=progress)
+    out["report"] = report(cfg, config_path, rerun_of=rerun_of, progress=progress)
     return {"report": out["report"], "loads": {p: r["out_dir"] for p, r in out["loads"].items()},
-            "sweep": out["sweep"]["out_dir"], "compare": (out.get("compare") or {}).get("out_dir")}
+            "sweep": out["sweep"]["out_dir"], "compare": (out.get("compare") or {}).get("out_dir"),
+            "suites": (out.get("suites") or {}).get("out_dir")}

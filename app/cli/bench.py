@@ -8,8 +8,8 @@ import typer
 
 from app.cli.common import ConfigOpt, SetOpt, console, handled, load, run_stage, say
 
-bench_app = typer.Typer(help="Performance benchmarks of the running endpoint: Locust load profiles, concurrency "
-                        "sweeps.", no_args_is_help=True)
+bench_app = typer.Typer(help="Performance benchmarks: Locust load profiles, concurrency sweeps and "
+                        "comparisons of the running endpoint; suites of comparisons that start their own servers.", no_args_is_help=True)
 
 
 @bench_app.command("load")
@@ -51,6 +51,21 @@ def bench_compare(config: ConfigOpt = None, set_: SetOpt = None) -> None:
                                     "mlflow_run_id": result["mlflow_run_id"]}))
 
 
+@bench_app.command("suites")
+@handled
+def bench_suites(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Comparisons run by the stage or benchmark that owns them (bench.suites.run): fine-tuned vs base quality,
+    tuned vs default serving, Ray Serve vs plain vLLM, vLLM vs transformers, INT4 vs bf16."""
+    from app.bench.suites import run_suites
+    from app.tracking import finite
+
+    result = run_suites(load(config, set_), config, progress=say)
+    console.print_json(data=finite({"suites": {n: {k: v for k, v in r.items() if k != "rows"} | {
+        "rows": [{k: row[k] for k in ("comparison", "figure", "baseline", "candidate", "ratio", "spread",
+                                      "beyond_noise")} for row in r["rows"]]} for n, r in result["suites"].items()},
+        "out_dir": result["out_dir"], "mlflow_run_id": result["mlflow_run_id"]}))
+
+
 @bench_app.command("report")
 @handled
 def bench_report(config: ConfigOpt = None, set_: SetOpt = None) -> None:
@@ -64,7 +79,8 @@ def bench_report(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 @bench_app.command("all")
 @handled
 def bench_all(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Every load profile (bench.profiles), the sweep, the comparisons and the report, as jobs/benchmark.py."""
+    """Every load profile (bench.profiles), the sweep, the comparisons, the suites and the report, as
+    jobs/benchmark.py."""
     console.print_json(data=run_stage("benchmark", config, set_))
 
 

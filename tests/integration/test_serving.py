@@ -728,6 +728,28 @@ def test_compare_interleaves_pairs_and_the_ab_endpoint_reaches_the_same_engine(s
         assert 0.5 < tput["ratio"] < 2.0, pair["ratios"]
 
 
+@pytest.mark.timeout(600)
+def test_suites_reuse_the_evaluation_and_wait_for_a_free_machine(served, qa_build, home):
+    """`app bench suites`: quality reads the latest evaluation of the pair (the session's two names of one
+    checkpoint: a difference of zero, within noise) and names `app rerun` of it; a suite that starts its
+    own servers is skipped, with the reason, while the endpoint is up; the report shows both."""
+    sets = bench(served, "--set", "bench.suites.run=[quality, vllm_vs_hf]", "--set", f"training.output_model={SECOND}")
+    proc = run_cli("app", "bench", "suites", *sets, env=served["env"], timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
+    quality, engines = result["suites"]["quality"], result["suites"]["vllm_vs_hf"]
+    assert quality["status"] == "ok" and quality["how"].startswith("reused"), quality
+    assert quality["command"].startswith("app rerun ")
+    first = quality["rows"][0]
+    assert first["figure"] == "domain_correct (difference)" and first["baseline"] == first["candidate"]
+    assert first["beyond_noise"] is False
+    assert engines["status"] == "skipped" and f"127.0.0.1:{PORT} is up" in engines["reason"], engines
+    shown = run_cli("app", "bench", "report", *sets, env=served["env"], timeout=300)
+    assert shown.returncode == 0, shown.stdout[-3000:] + shown.stderr[-3000:]
+    md = (Path(json.loads(shown.stdout[shown.stdout.rindex("\n{") + 1:])["out_dir"]) / "report.md").read_text()
+    assert "### quality: ok" in md and quality["command"] in md and "### vllm_vs_hf: skipped" in md
+
+
 def _engines(model: str | None = None) -> list:
     """This module's live vLLM engine processes (EngineCore), with the model their replica serves."""
     import psutil

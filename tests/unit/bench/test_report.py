@@ -95,3 +95,66 @@ def test_collect_takes_the_newest_run_per_kind_and_says_when_there_is_none(tmp_p
         d.mkdir(parents=True)
         (d / "points.json").write_text(json.dumps({"points": [point(1, tput, 10)]}))
     assert collect(cfg)["sweep"]["points"][0]["output_throughput"] == 2.0
+
+
+def suite_row(suite, comparison, figure, base, cand, hib, spread=None, beyond=None, ratio=None):
+    from app.bench.suites import _row
+
+    return _row(suite, comparison, figure, base, cand, hib, spread=spread, beyond_noise=beyond, ratio=ratio)
+
+
+@pytest.fixture
+def suites():
+    ok = {"status": "ok", "seconds": 60.0}
+    return {"source": "x/suites.json", "suites": {
+        "quality": ok | {"command": "app rerun abc", "how": "reused", "evaluation": "eval-1", "note": "style",
+                         "rows": [suite_row("quality", "ft-vs-base (n=236)", "domain_correct (difference)", 0.50, 0.74,
+                                            True, [0.17, 0.31], True)]},
+        "tuned_vs_default": ok | {"command": "app serve sweep -c t/config.yaml", "rows": [
+            suite_row("tuned_vs_default", "serving section vs vLLM's defaults (m)", "best output tok/s under the SLO",
+                      261.8, 302.4, True, [1.10, 1.22], True)]},
+        "serve_vs_vllm": ok | {"command": "python benchmarks/serve_vs_vllm.py -c s/config.yaml", "rows": [
+            suite_row("serve_vs_vllm", "Ray Serve vs plain vLLM (m), c=4", "output tok/s", 80.0, 81.6, True),
+            suite_row("serve_vs_vllm", "Ray Serve vs plain vLLM (m), c=16", "output tok/s", 236.8, 192.1, True)]},
+        "vllm_vs_hf": {"status": "failed", "reason": "vllm_vs_hf.py: exit 1; last lines: boom", "rows": [],
+                       "seconds": 3.0},
+        "int4_vs_bf16": ok | {"command": "DOMAIN_LLM_HOME=h python benchmarks/quant_serving.py --models a b",
+                              "rows": [suite_row("int4_vs_bf16", "b vs a", "checkpoint MiB", 257.0, 109.0, False,
+                                                 beyond=True),
+                                       suite_row("int4_vs_bf16", "b vs a", "c=8 output tok/s", 76.7, 62.2, True,
+                                                 [0.7, 0.9], True)]}}}
+
+
+def test_the_suites_rows_become_targets_recommendations_and_a_section(data, suites, tmp_path):
+    data["suites"] = suites
+    recs = {r["rule"]: r for r in recommendations(data, ExperimentConfig())}
+    assert "x0.81" in recs["serve-overhead"]["finding"] and "stream_batching_interval_ms" in recs["serve-overhead"]["action"]
+    assert "x1.16" in recs["tuned-serving"]["finding"] and "+30% goal is not reached" in recs["tuned-serving"]["action"]
+    assert "checkpoint x0.42" in recs["int4-serving"]["finding"] and "serve bf16" in recs["int4-serving"]["action"]
+    assert "0.500 -> 0.740" in recs["quality"]["finding"] and "per-origin" in recs["quality"]["action"]
+    assert "exit 1" in recs["suite vllm_vs_hf"]["finding"]
+    checks = {c["target"]: c for c in targets(data)}
+    tuned = checks["tuned serving: +30% best throughput under the SLO over vLLM's defaults, beyond noise"]
+    assert not tuned["met"] and "x1.155" in tuned["figure"]
+    assert not checks["Ray Serve within 10% of the plain vLLM server's throughput"]["met"]
+    assert checks["b vs a: checkpoint >= 40% smaller"]["met"]
+    md = markdown(data, list(recs.values()), targets(data), [], None)
+    for command in ("app rerun abc", "app serve sweep -c t/config.yaml", "benchmarks/quant_serving.py --models a b"):
+        assert command in md
+    assert "### vllm_vs_hf: failed" in md and "Not measured: vllm_vs_hf.py: exit 1" in md
+
+
+def test_quality_rows_read_the_evaluations_paired_differences():
+    from app.bench.suites import quality_rows
+
+    def comp(a, b, lo, hi):
+        return {"mean_a": a, "mean_b": b, "difference": b - a, "low": lo, "high": hi, "p_permutation": 0.01, "n": 10}
+
+    summary = {"examples": 20, "reference": "base", "comparisons": {"ft": {
+        "domain_correct": comp(0.5, 0.7, 0.05, 0.35), "token_f1": comp(0.2, 0.21, -0.02, 0.04)}},
+        "comparisons_by_origin": {"human": {"ft": {"domain_correct": comp(0.4, 0.42, -0.1, 0.14)}}}}
+    rows = {(r["comparison"], r["figure"]): r for r in quality_rows(summary, "base", "ft")}
+    dc = rows[("ft-vs-base (n=20)", "domain_correct (difference)")]
+    assert dc["beyond_noise"] and dc["spread"] == [0.05, 0.35] and dc["ratio"] == pytest.approx(1.4)
+    assert not rows[("ft-vs-base (n=20)", "token_f1 (difference)")]["beyond_noise"]
+    assert not rows[("ft-vs-base, origin human", "domain_correct (difference)")]["beyond_noise"]
