@@ -130,6 +130,27 @@ class TrackingConfig(Section):
     start_timeout_s: PositiveFloat = 90.0
 
 
+CRITERIA = ("tracking", "dataset_pairs", "validation_improvement", "evaluation", "improvement_test",
+            "improvement_human", "quantization", "serving_speedup", "ab_significance", "benchmark_consistency")
+
+
+class AcceptanceConfig(Section):
+    """The sprint's success criteria, checked by the main job against what its stages measured (app.acceptance)."""
+
+    min_pairs: PositiveInt = Field(1000, description="dataset_pairs: quality-checked pairs kept (all splits).")
+    min_relative_improvement: float = Field(
+        0.10, description="improvement_test / improvement_human: fine-tuned over base primary accuracy, relative, "
+        "with the paired 95% interval of the difference above 0.")
+    min_size_reduction: float = Field(0.40, ge=0, le=1, description="quantization: checkpoint size reduction.")
+    max_relative_drop: float = Field(0.02, ge=0, le=1, description="quantization: relative accuracy drop.")
+    min_serving_speedup: float = Field(0.30, description="serving_speedup: tuned serving over vLLM's defaults "
+                                       "(best throughput under the p95 SLO), relative.")
+    ab_alpha: float = Field(0.05, gt=0, lt=1, description="ab_significance: the experiment's decision p-value.")
+    required: list[Literal[CRITERIA]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["tracking", "dataset_pairs", "validation_improvement", "evaluation"],
+        description="Criteria whose failure makes the main job exit non-zero; the others are reported only.")
+
+
 class AccountsConfig(Section):
     """Who may write: the accounts (reviewers, annotators, admins) the web apps log people in against."""
 
@@ -162,6 +183,7 @@ class ExperimentConfig(Section):
     bench: BenchConfig = Field(default_factory=BenchConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     accounts: AccountsConfig = Field(default_factory=AccountsConfig)
+    acceptance: AcceptanceConfig = Field(default_factory=AcceptanceConfig)
 
     @model_validator(mode="after")
     def _cross_section(self) -> ExperimentConfig:

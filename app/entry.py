@@ -14,7 +14,7 @@ from typing import Any, Callable, NoReturn
 
 from app.config import load_config
 from app.errors import report_errors
-from app.stages import PIPELINE_SUMMARY, REGISTRY, run_pipeline
+from app.stages import REGISTRY
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -25,11 +25,24 @@ def _fail(message: str, code: int) -> NoReturn:
 def job_main(name: str, argv: list[str] | None = None) -> None:
     """Run the registered stage ``name`` (or ``"pipeline"``, the main job) as a job."""
     sys.stdout.reconfigure(line_buffering=True)  # progress visible live in `ray job logs` and pipes
-    stage: Callable[..., Any] = run_pipeline if name == "pipeline" else REGISTRY[name].run
-    parser = argparse.ArgumentParser(description=PIPELINE_SUMMARY if name == "pipeline" else REGISTRY[name].summary)
+    if name == "pipeline":
+        from app.pipeline import PIPELINE, PIPELINE_SUMMARY, run_pipeline
+
+        stage: Callable[..., Any] = run_pipeline
+        description = PIPELINE_SUMMARY
+    else:
+        stage, description = REGISTRY[name].run, REGISTRY[name].summary
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", "-c", type=Path, help="experiment YAML (default: built-in defaults)")
     parser.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set training.lr=1e-4 (repeatable)")
+    if name == "pipeline":
+        parser.add_argument("--from", dest="from_stage", choices=PIPELINE, help="start here (this stage re-runs)")
+        parser.add_argument("--to", dest="to_stage", choices=PIPELINE, help="stop after this stage")
+        parser.add_argument("--only", action="append", choices=PIPELINE, help="run only this stage (repeatable)")
+        parser.add_argument("--force", action="append", choices=PIPELINE,
+                            help="re-run this stage even when its record is current (repeatable)")
     args = parser.parse_args(argv)
-    result = report_errors(lambda: stage(load_config(args.config, args.set), args.config), _fail)
+    kw = {k: getattr(args, k) for k in ("from_stage", "to_stage", "only", "force")} if name == "pipeline" else {}
+    result = report_errors(lambda: stage(load_config(args.config, args.set), args.config, **kw), _fail)
     print(json.dumps(result, indent=2, default=str))

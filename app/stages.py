@@ -103,16 +103,3 @@ REGISTRY: dict[str, Stage] = {s.name: s for s in (
 
 # Stages `app rerun` can re-run, by the `app.stage` tag of their MLflow run.
 STAGES: dict[str, StageFn] = {name: s.run for name, s in REGISTRY.items()}
-# The main job, in order.
-PIPELINE: list[str] = ["prepare_model", "build_dataset", "finetune", "evaluate"]
-PIPELINE_SUMMARY = "The main job: every stage built so far, in order, each its own MLflow run."
-
-
-def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *,
-                 progress: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """The main job: every stage built so far, in order, each its own MLflow run."""
-    results = []
-    for name in PIPELINE:
-        progress(f"== stage {name}")
-        results.append(REGISTRY[name].run(cfg, config_path, progress=progress))
-    return results

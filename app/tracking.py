@@ -314,7 +314,7 @@ def _start_run(
     uri = connect(cfg)
     mlflow.set_experiment(cfg.tracking.experiment or cfg.name)
     if resume_run_id:
-        with mlflow.start_run(run_id=resume_run_id) as run:
+        with mlflow.start_run(run_id=resume_run_id, nested=mlflow.active_run() is not None) as run:
             mlflow.set_tags({"resumed": time.strftime("%Y-%m-%dT%H:%M:%S"), **(tags or {})})
             mlflow.log_text(_logged_yaml(cfg), f"config/resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
             yield run
@@ -322,7 +322,8 @@ def _start_run(
     git = git_state()
     versions = package_versions()
     digest = cfg.content_hash()
-    with mlflow.start_run(run_name=run_name or f"{stage}-{digest[:8]}") as run:
+    # Inside the main job's parent run (app.pipeline), each stage's run is its child.
+    with mlflow.start_run(run_name=run_name or f"{stage}-{digest[:8]}", nested=mlflow.active_run() is not None) as run:
         mlflow.set_tags({
             STAGE_TAG: stage,
             HASH_TAG: digest,

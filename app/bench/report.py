@@ -227,8 +227,8 @@ def suite_recommendations(data: dict[str, Any]) -> list[dict[str, str]]:
     for r in _suite_rows(data, "quality")[:1]:
         out.append({"rule": "quality", "finding": f"{r['comparison']}: {r['figure']} {r['baseline']:.3f} -> "
                     f"{r['candidate']:.3f} (95% CI of the difference [{r['spread'][0]:+.3f}, {r['spread'][1]:+.3f}])",
-                    "action": ("the fine-tuned model answers better on these questions; check the per-origin rows "
-                               "before reading it as more correct" if r["beyond_noise"] and r["spread"][0] > 0 else
+                    "action": ("the fine-tuned model answers better on these questions; check them per origin and "
+                               "on human-written questions before reading it as more correct" if r["beyond_noise"] and r["spread"][0] > 0 else
                                "no quality gain beyond noise: do not pay the fine-tuned model's cost for it")})
     return out
 

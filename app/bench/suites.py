@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from app.bench.load import BenchError, bench_dir, endpoint, served_models
 from app.config import ExperimentConfig, apply_overrides, validate_config
+from app.errors import AppError
 
 ROOT = Path(__file__).resolve().parents[2]
 NEEDS_MACHINE = ("tuned_vs_default", "serve_vs_vllm", "vllm_vs_hf", "int4_vs_bf16")
@@ -147,8 +148,9 @@ def suite_quality(cfg: ExperimentConfig, out: Path, config_path: Path | None,
     run_id = summary.get("facts", {}).get("mlflow_run_id")
     return {"rows": quality_rows(summary, base, candidate), "evaluation": run_name, "how": how,
             "command": f"app rerun {run_id}" if run_id else f"app eval run (evaluation run {run_name})",
-            "note": "the test split's questions; a gain from matching the references' style is not a gain in "
-                    "correctness: read the per-origin rows and benchmarks/human_faq.py's human-written questions"}
+            "note": f"the test split's questions (origins: {', '.join(sorted(summary.get('comparisons_by_origin') or {})) or 'one'}); "
+                    "a gain from matching the references' style is not a gain in correctness: on human-written "
+                    "questions see benchmarks/human_faq.py"}
 
 
 # ---------------------------------------------------------------- tuned vs default serving (the serve sweep)
@@ -159,7 +161,7 @@ def suite_tuned_vs_default(cfg: ExperimentConfig, out: Path, config_path: Path |
 
     s = cfg.bench.suites
     model = served_models(cfg)[0]
-    overrides = [f"serve_sweep.model={model}", "serve_sweep.trials=[]", "serve_sweep.grid={}",
+    overrides = [f"serving.models={json.dumps([model])}", f"serve_sweep.model={model}", "serve_sweep.trials=[]", "serve_sweep.grid={}",
                  "serve_sweep.include_current=true", "serve_sweep.include_vllm_defaults=true",
                  f"serve_sweep.rounds={s.rounds}", f"serve_sweep.concurrencies={json.dumps(s.concurrencies)}",
                  f"serve_sweep.requests_per_level={s.requests_per_level}",
@@ -329,7 +331,7 @@ def run_suites(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_
             try:
                 res = SUITE_FUNCTIONS[name](cfg, out_dir / name, config_path, progress)
                 results[name] = {"status": "ok", **res}
-            except BenchError as exc:  # a suite that cannot run says why; the others still run
+            except AppError as exc:  # a suite that cannot run says why; the others still run
                 results[name] = {"status": "failed", "rows": [], "reason": str(exc)}
                 progress(f"failed: {exc}")
             results[name]["seconds"] = round(time.time() - started, 1)

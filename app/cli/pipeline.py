@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Optional
+
 import typer
 
 from app.cli.common import ConfigOpt, SetOpt, console, err_console, fail, handled, load
@@ -34,10 +37,17 @@ def rerun(run_id: str, config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 @pipeline_app.command("run")
 @handled
-def run(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """The main job: every stage built so far, in order (same as jobs/pipeline.py)."""
-    from app.stages import run_pipeline
+def run(config: ConfigOpt = None, set_: SetOpt = None,
+        from_stage: Optional[str] = typer.Option(None, "--from", help="Start at this stage (it re-runs)."),
+        to_stage: Optional[str] = typer.Option(None, "--to", help="Stop after this stage."),
+        only: Optional[list[str]] = typer.Option(None, "--only", help="Run only this stage (repeatable)."),
+        force: Optional[list[str]] = typer.Option(None, "--force", help="Re-run this stage even when its record "
+                                                  "is current (repeatable).")) -> None:
+    """The main job: the stages in order under one MLflow parent run, unchanged stages reused (as
+    jobs/pipeline.py)."""
+    from app.pipeline import run_pipeline
+    from app.tracking import finite
 
-    cfg = load(config, set_)
-    for summary in run_pipeline(cfg, config):
-        console.print_json(data=summary)
+    summary = run_pipeline(load(config, set_), config, from_stage=from_stage, to_stage=to_stage, only=only,
+                           force=force)
+    console.print_json(json.dumps(finite(summary), default=str))

@@ -270,7 +270,12 @@ def wait_engines_gone(timeout_s: float = 120) -> bool:
 
 
 def attach(cfg: ExperimentConfig) -> bool:
-    """Join the running cluster (configured, RAY_ADDRESS, or local); False when there is none."""
+    """Join the running cluster (configured, RAY_ADDRESS, or local); False when there is none. A process
+    already connected stays on its cluster (ray.init again would raise, and `down` would then remove nothing)."""
+    import ray
+
+    if ray.is_initialized():
+        return True
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "auto"
     try:
         cluster.join_quietly(address)
@@ -286,7 +291,8 @@ def down(cfg: ExperimentConfig) -> bool:
     if not attach(cfg):
         return False
     try:
-        serve.delete(APP_NAME)
+        serve.delete(APP_NAME, _blocking=True)
     except RayServeException:  # Serve never started on this cluster: nothing to remove
         return False
+    wait_engines_gone()  # the engines' memory and cores are free when this returns
     return True

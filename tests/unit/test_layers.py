@@ -18,7 +18,7 @@ from app.stages import REGISTRY
 ROOT = Path(__file__).resolve().parents[2]
 
 FOUNDATION = {"app.errors", "app.sections", "app.secrets"}  # import nothing from the app
-TOP = {"app.stages", "app.entry"}  # with app.cli.*: above the stages; nothing under them imports these
+TOP = {"app.stages", "app.entry", "app.pipeline"}  # with app.cli.*: above the stages; nothing under them imports these
 STAGE_PACKAGES = {"data", "train", "eval", "serving", "prepare", "quantize", "ab", "bench"}
 # Which stage may use which other stage's modules (a DAG; see docs/architecture.md).
 STAGE_USES = {"data": {"serving"}, "eval": {"data", "serving"}, "train": {"eval"}, "serving": set(), "prepare": set(),

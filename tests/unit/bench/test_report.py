@@ -131,7 +131,7 @@ def test_the_suites_rows_become_targets_recommendations_and_a_section(data, suit
     assert "x0.81" in recs["serve-overhead"]["finding"] and "stream_batching_interval_ms" in recs["serve-overhead"]["action"]
     assert "x1.16" in recs["tuned-serving"]["finding"] and "+30% goal is not reached" in recs["tuned-serving"]["action"]
     assert "checkpoint x0.42" in recs["int4-serving"]["finding"] and "serve bf16" in recs["int4-serving"]["action"]
-    assert "0.500 -> 0.740" in recs["quality"]["finding"] and "per-origin" in recs["quality"]["action"]
+    assert "0.500 -> 0.740" in recs["quality"]["finding"] and "per origin" in recs["quality"]["action"]
     assert "exit 1" in recs["suite vllm_vs_hf"]["finding"]
     checks = {c["target"]: c for c in targets(data)}
     tuned = checks["tuned serving: +30% best throughput under the SLO over vLLM's defaults, beyond noise"]

@@ -30,7 +30,8 @@ def test_a_command_is_logged_bounded_and_its_failure_named(tmp_path):
         run_command([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "t.log", 1, lines.append)
 
 
-def test_int4_needs_a_variant_in_the_store(tmp_path):
-    cfg = ExperimentConfig(paths={"home": str(tmp_path)})
+def test_int4_needs_a_variant_in_the_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOMAIN_LLM_HOME", str(tmp_path))  # it overrides paths.home
+    cfg = ExperimentConfig()
     with pytest.raises(BenchError, match="no INT4 variant of smollm2-135m-instruct-lora in the model store"):
         int4_models(cfg)

@@ -1,0 +1,198 @@
+"""The main job (``app run``, ``jobs/pipeline.py``): the stages in order under one MLflow parent run,
+each stage's result reused while nothing it depends on changed.
+
+A stage's **key** is a sha256 over: its name; every config section it reads (``Stage.reads`` in the
+registry, checked against the code by tests/unit/test_layers.py); for each artifact it consumes that
+an earlier stage of the pipeline produces, the **record id** of that stage's run; for the documents,
+a content hash of ``data.docs_dir`` (the embedded corpus: its package's version). A finished stage
+leaves a record, ``<home>/pipeline/<stage>/<key>.json`` (written whole, then renamed: a kill leaves
+none or the previous one), holding a fresh record id, its summary and its MLflow run. On the next run
+a stage whose key has a record is reused, not run: so a run killed after a stage continues at the
+next one, a changed setting re-runs the stages that read it, and a stage run again (``--force``)
+gets a new record id, which changes the keys of everything downstream of it.
+
+A reused stage still appears under the parent run: a child run tagged ``reused`` with the record and
+the original run's id, so the MLflow UI shows one lineage from documents to the last stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from app.acceptance import AcceptanceError, acceptance_table, failed_required, markdown
+from app.config import ExperimentConfig
+from app.errors import AppError
+from app.stages import REGISTRY
+
+# The main job, in order.
+PIPELINE: list[str] = ["prepare_model", "build_dataset", "finetune", "evaluate"]
+PIPELINE_SUMMARY = ("The main job: the stages in order under one MLflow parent run; a stage whose config and "
+                    "inputs are unchanged since its last run is reused (--force re-runs it).")
+
+
+class PipelineError(AppError, ValueError):
+    """A pipeline selection that cannot run; the message says why."""
+
+
+def records_dir(cfg: ExperimentConfig) -> Path:
+    return cfg.paths.resolved_home() / "pipeline"
+
+
+def documents_hash(cfg: ExperimentConfig) -> str:
+    """Content hash of the documents the dataset is built from."""
+    from app.tracking import hash_path
+
+    docs = cfg.data.docs_dir
+    if docs:
+        path = Path(docs).expanduser()
+        if not path.exists():
+            raise PipelineError(f"data.docs_dir {docs} does not exist")
+        return hash_path(path)
+    import sys
+
+    # The embedded corpus is the running Python's own documentation (app.data.corpus): its version.
+    return "embedded:python-stdlib-{}.{}.{}".format(*sys.version_info[:3])
+
+
+def stage_key(cfg: ExperimentConfig, name: str, upstream: dict[str, str], docs: str | None) -> tuple[str, dict]:
+    """(key, what it was computed from) of stage ``name`` given the record ids of its inputs' producers."""
+    stage = REGISTRY[name]
+    raw = cfg.to_dict()
+    basis = {"stage": name, "config": {s: raw.get(s) for s in stage.reads},
+             "inputs": {a: upstream[a] for a in stage.consumes if a in upstream},
+             **({"documents": docs} if "documents" in stage.consumes else {})}
+    digest = hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
+    return digest, basis
+
+
+def read_record(cfg: ExperimentConfig, name: str, key: str) -> dict[str, Any] | None:
+    path = records_dir(cfg) / name / f"{key}.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    return record if record.get("status") == "done" and record.get("key") == key else None
+
+
+def write_record(cfg: ExperimentConfig, record: dict[str, Any]) -> Path:
+    folder = records_dir(cfg) / record["stage"]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{record['key']}.json"
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def select(order: list[str], *, from_stage: str | None = None, to_stage: str | None = None,
+           only: list[str] | None = None, force: list[str] | None = None) -> tuple[list[str], set[str]]:
+    """(stages to visit, stages to run even when a record exists), validated against ``order``."""
+    for what, names in (("--from", [from_stage] if from_stage else []), ("--to", [to_stage] if to_stage else []),
+                        ("--only", only or []), ("--force", force or [])):
+        unknown = [n for n in names if n not in order]
+        if unknown:
+            raise PipelineError(f"{what} {', '.join(unknown)}: not a stage of the main job ({', '.join(order)})")
+    if only and (from_stage or to_stage):
+        raise PipelineError("--only cannot be combined with --from or --to")
+    if only:
+        chosen = [n for n in order if n in only]
+    else:
+        start = order.index(from_stage) if from_stage else 0
+        end = order.index(to_stage) + 1 if to_stage else len(order)
+        if start >= end:
+            raise PipelineError(f"--from {from_stage} comes after --to {to_stage}")
+        chosen = order[start:end]
+    forced = set(force or []) | ({from_stage} if from_stage else set())
+    return chosen, forced
+
+
+def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *, from_stage: str | None = None,
+                 to_stage: str | None = None, only: list[str] | None = None, force: list[str] | None = None,
+                 stages: list[str] | None = None, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or reuse) the main job's stages in order under one MLflow parent run."""
+    import mlflow
+
+    from app.tracking import start_run
+
+    order = list(stages or PIPELINE)
+    chosen, forced = select(order, from_stage=from_stage, to_stage=to_stage, only=only, force=force)
+    docs = documents_hash(cfg) if any("documents" in REGISTRY[n].consumes for n in chosen) else None
+    upstream: dict[str, str] = {}  # artifact -> record id of the run that produced it
+    results: dict[str, dict[str, Any]] = {}  # stage -> its summary (this run's, or the reused record's)
+    summary: dict[str, Any] = {"stages": {}}
+    started = time.time()
+    with start_run(cfg, "pipeline", config_path, tags={"pipeline.stages": ",".join(chosen)}) as parent:
+        summary["mlflow_run_id"] = parent.info.run_id
+        for name in order:
+            if name not in chosen:
+                # Not selected: what it produced last time (its latest record for this config) feeds the rest.
+                key, _ = stage_key(cfg, name, upstream, docs)
+                record = read_record(cfg, name, key)
+                if record is not None:
+                    upstream.update({a: record["record_id"] for a in REGISTRY[name].produces})
+                continue
+            key, basis = stage_key(cfg, name, upstream, docs)
+            record = None if name in forced else read_record(cfg, name, key)
+            if record is not None:
+                progress(f"== stage {name}: reused (record {record['record_id'][:8]}, run {record['mlflow_run_id']}, "
+                         f"finished {record['finished']})")
+                with mlflow.start_run(run_name=f"{name} (reused)", nested=True):
+                    mlflow.set_tags({"pipeline.stage": name, "pipeline.reused": "true", "pipeline.key": key,
+                                     "pipeline.record_id": record["record_id"],
+                                     "pipeline.original_run_id": record["mlflow_run_id"] or ""})
+                results[name] = record["result"]
+                summary["stages"][name] = {"status": "reused", "key": key, "record_id": record["record_id"],
+                                           "mlflow_run_id": record["mlflow_run_id"], "seconds": 0.0}
+            else:
+                progress(f"== stage {name}: running (key {key[:12]})")
+                t0 = time.time()
+                result = REGISTRY[name].run(cfg, config_path, progress=progress)
+                record = {"stage": name, "key": key, "record_id": uuid.uuid4().hex, "status": "done",
+                          "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
+                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - t0, 1),
+                          "mlflow_run_id": _run_id(result), "parent_run_id": parent.info.run_id,
+                          "basis": basis, "result": result}
+                write_record(cfg, record)
+                results[name] = result
+                summary["stages"][name] = {"status": "ran", "key": key, "record_id": record["record_id"],
+                                           "mlflow_run_id": record["mlflow_run_id"], "seconds": record["seconds"],
+                                           "result": result}
+                progress(f"== stage {name}: done in {record['seconds']:.0f} s")
+            upstream.update({a: record["record_id"] for a in REGISTRY[name].produces})
+            mlflow.set_tag(f"pipeline.{name}", summary["stages"][name]["status"])
+        summary["seconds"] = round(time.time() - started, 1)
+        mlflow.log_dict({n: {k: v for k, v in s.items() if k != "result"} for n, s in summary["stages"].items()},
+                        "pipeline/stages.json")
+        rows = acceptance_table(cfg, results, {n: s["mlflow_run_id"] for n, s in summary["stages"].items()})
+        summary["acceptance"] = rows
+        table = markdown(rows)
+        out = records_dir(cfg) / "acceptance" / f"{time.strftime('%Y%m%d-%H%M%S')}-{parent.info.run_id[:8]}.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table, encoding="utf-8")
+        mlflow.log_text(table, "acceptance/table.md")
+        mlflow.log_dict(rows, "acceptance/table.json")
+        mlflow.log_metrics({"acceptance.passed": sum(r["status"] == "pass" for r in rows),
+                            "acceptance.criteria": len(rows)})
+        progress(table + f"(also {out})")
+        failed = failed_required(rows, chosen)
+        if failed:
+            raise AcceptanceError("required acceptance criteria not met: " + "; ".join(
+                f"{r['id']} ({r['status']}: {r['figure']}; {r['why']})" for r in failed)
+                + f". The table: {out}; acceptance.required lists the required ones")
+    return summary
+
+
+def _run_id(result: Any) -> str | None:
+    if isinstance(result, dict):
+        for k in ("mlflow_run_id", "run_id"):
+            if isinstance(result.get(k), str):
+                return result[k]
+    return None
