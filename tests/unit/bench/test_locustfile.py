@@ -143,3 +143,45 @@ def test_the_locustfile_loads_from_any_directory_with_the_locust_command(tmp_pat
                           "--host", "http://192.0.2.1:8000", "--model", "m"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert out.returncode == 2 and "not this machine" in out.stderr, out.stderr[-1000:]
+
+
+def test_the_web_ui_runs_the_same_users(server, tmp_path):
+    """Interactive mode (`locust -f` without --headless): the web UI's own API starts a swarm with the
+    locustfile's options, and its stats list the LLM entries."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"messages": [{"role": "user", "content": "hello"}]}) + "\n")
+    env = {"PATH": str(Path(sys.executable).parent), "BENCH_TEST_KEY": "secret", "HOME": str(tmp_path)}
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", server, "--web-host", "127.0.0.1",
+           "--web-port", str(port), "--prompts", str(prompts), "--api-key-env", "BENCH_TEST_KEY", "--model", "m"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ui = f"http://127.0.0.1:{port}"
+        for _ in range(60):
+            try:
+                if httpx.get(ui + "/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the web UI did not start: " + proc.stdout.read() if proc.poll() is not None else "")
+        started = httpx.post(ui + "/swarm", data={"user_count": 2, "spawn_rate": 10, "host": server, "model": "m"})
+        assert started.status_code == 200 and started.json()["success"], started.text
+        names: set[str] = set()
+        for _ in range(40):
+            time.sleep(0.5)
+            names = {f"{s['method']} {s['name']}" for s in httpx.get(ui + "/stats/requests").json()["stats"]
+                     if s.get("method")}
+            if {"LLM TTFT", "LLM TPOT"} <= names:
+                break
+        assert {"POST chat", "LLM TTFT", "LLM TPOT", "LLM ITL"} <= names, names
+        httpx.get(ui + "/stop")
+    finally:
+        proc.terminate()
+        proc.wait(20)
