@@ -116,13 +116,13 @@ def select(order: list[str], *, from_stage: str | None = None, to_stage: str | N
 
 def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *, from_stage: str | None = None,
                  to_stage: str | None = None, only: list[str] | None = None, force: list[str] | None = None,
-                 stages: list[str] | None = None, progress: Callable[[str], None] = print) -> dict[str, Any]:
+                 progress: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or reuse) the main job's stages in order under one MLflow parent run."""
     import mlflow
 
     from app.tracking import start_run
 
-    order = list(stages or PIPELINE)
+    order = PIPELINE
     chosen, forced = select(order, from_stage=from_stage, to_stage=to_stage, only=only, force=force)
     docs = documents_hash(cfg) if any("documents" in REGISTRY[n].consumes for n in chosen) else None
     upstream: dict[str, str] = {}  # artifact -> record id of the run that produced it

@@ -178,6 +178,12 @@ def _suite_rows(data: dict[str, Any], suite: str) -> list[dict[str, Any]]:
     return res.get("rows", []) if res.get("status") == "ok" else []
 
 
+def _worst_serve_throughput(data: dict[str, Any]) -> dict[str, Any] | None:
+    """serve_vs_vllm's throughput row with the lowest Serve / plain vLLM ratio (None: not measured)."""
+    tput = [r for r in _suite_rows(data, "serve_vs_vllm") if r["figure"] == "output tok/s" and r["ratio"]]
+    return min(tput, key=lambda r: r["ratio"]) if tput else None
+
+
 def suite_recommendations(data: dict[str, Any]) -> list[dict[str, str]]:
     """Rules over the suites' rows (app.bench.suites)."""
     out: list[dict[str, str]] = []
@@ -185,9 +191,8 @@ def suite_recommendations(data: dict[str, Any]) -> list[dict[str, str]]:
         if res.get("status") != "ok":
             out.append({"rule": f"suite {name}", "finding": f"not measured ({res.get('status')}): "
                         f"{res.get('reason', '')[:300]}", "action": "see the reason; `app bench suites` runs it alone"})
-    tput = [r for r in _suite_rows(data, "serve_vs_vllm") if r["figure"] == "output tok/s" and r["ratio"]]
-    if tput:
-        worst = min(tput, key=lambda r: r["ratio"])
+    worst = _worst_serve_throughput(data)
+    if worst:
         if worst["ratio"] < 1 - SERVE_OVERHEAD:
             out.append({"rule": "serve-overhead", "finding": f"{worst['comparison']}: Ray Serve gives "
                         f"x{worst['ratio']:.2f} of the plain vLLM server's throughput (more than "
@@ -257,9 +262,8 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append({"target": "tuned serving: +30% best throughput under the SLO over vLLM's defaults, beyond "
                          "noise", "met": bool(r["beyond_noise"]) and r["ratio"] >= 1.3,
                          "figure": f"x{r['ratio']:.3f}, spread {_spread(r)}"})
-    tput = [r for r in _suite_rows(data, "serve_vs_vllm") if r["figure"] == "output tok/s" and r["ratio"]]
-    if tput:
-        worst = min(tput, key=lambda r: r["ratio"])
+    worst = _worst_serve_throughput(data)
+    if worst:
         rows.append({"target": f"Ray Serve within {100 * SERVE_OVERHEAD:.0f}% of the plain vLLM server's throughput",
                      "met": worst["ratio"] >= 1 - SERVE_OVERHEAD, "figure": f"lowest x{worst['ratio']:.3f} "
                      f"({worst['comparison']}; one round)"})

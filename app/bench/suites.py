@@ -49,6 +49,15 @@ def _row(suite: str, comparison: str, figure: str, baseline: float | None, candi
             "note": note}
 
 
+def pairing_spread(candidate: list[float] | None, baseline: list[float] | None) -> tuple[list[float] | None,
+                                                                                    bool | None]:
+    """(the ratio's worst and best pairing of two min-max ranges over rounds, whether it excludes 1)."""
+    if not (candidate and baseline and baseline[0] > 0):
+        return None, None
+    spread = [candidate[0] / baseline[1], candidate[1] / baseline[0]]
+    return spread, spread[0] > 1 or spread[1] < 1
+
+
 def derived_config(cfg: ExperimentConfig, overrides: list[str], path: Path) -> ExperimentConfig:
     """``cfg`` with ``overrides`` applied and validated, written to ``path`` (the suite's command reads it)."""
     out = validate_config(apply_overrides(cfg.to_dict(), overrides), f"bench suite overrides {overrides}")
@@ -82,10 +91,6 @@ def run_command(cmd: list[str], log_path: Path, timeout_s: float, progress: Call
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
         why = f"stopped after {timeout_s:.0f} s (bench.suites.timeout_s)" if rc == -signal.SIGTERM else f"exit {rc}"
         raise BenchError(f"{Path(cmd[1]).name}: {why}; last lines: {' / '.join(tail)}; log: {log_path}")
-
-
-def _python() -> str:
-    return sys.executable
 
 
 # ---------------------------------------------------------------- quality (the evaluation stage)
@@ -174,10 +179,7 @@ def suite_tuned_vs_default(cfg: ExperimentConfig, out: Path, config_path: Path |
     rows = []
     if cur and dflt:
         name = f"serving section vs vLLM's defaults ({model})"
-        spread, beyond = None, None
-        if cur.get("best_range") and dflt.get("best_range") and dflt["best_range"][0] > 0:
-            spread = [cur["best_range"][0] / dflt["best_range"][1], cur["best_range"][1] / dflt["best_range"][0]]
-            beyond = spread[0] > 1 or spread[1] < 1
+        spread, beyond = pairing_spread(cur.get("best_range"), dflt.get("best_range"))
         rows.append(_row("tuned_vs_default", name, "best output tok/s under the SLO", dflt["best_under_slo"],
                          cur["best_under_slo"], True, spread=spread, beyond_noise=beyond,
                          note=f"at concurrency {cur['at_concurrency']} vs {dflt['at_concurrency']}; spread = the "
@@ -194,7 +196,7 @@ def suite_serve_vs_vllm(cfg: ExperimentConfig, out: Path, config_path: Path | No
                         progress: Callable[[str], None]) -> dict[str, Any]:
     s = cfg.bench.suites
     derived_config(cfg, [], out / "config.yaml")
-    cmd = [_python(), "benchmarks/serve_vs_vllm.py", "-c", str(out / "config.yaml"),
+    cmd = [sys.executable, "benchmarks/serve_vs_vllm.py", "-c", str(out / "config.yaml"),
            "--concurrencies", ",".join(map(str, s.concurrencies)), "--requests-per-level", str(s.requests_per_level),
            "--max-tokens", str(cfg.bench.max_tokens), "--out", str(out / "serve_vs_vllm.json")]
     run_command(cmd, out / "run.log", s.timeout_s, progress)
@@ -215,7 +217,7 @@ def suite_vllm_vs_hf(cfg: ExperimentConfig, out: Path, config_path: Path | None,
                      progress: Callable[[str], None]) -> dict[str, Any]:
     s = cfg.bench.suites
     derived_config(cfg, [], out / "config.yaml")
-    cmd = [_python(), "benchmarks/vllm_vs_hf.py", "-c", str(out / "config.yaml"), "--prompts", str(s.hf_prompts),
+    cmd = [sys.executable, "benchmarks/vllm_vs_hf.py", "-c", str(out / "config.yaml"), "--prompts", str(s.hf_prompts),
            "--max-tokens", str(cfg.bench.max_tokens), "--hf-batches", ",".join(map(str, s.hf_batches)),
            "--rounds", str(s.rounds), "--out", str(out / "vllm_vs_hf.json")]
     run_command(cmd, out / "run.log", s.timeout_s, progress)
@@ -260,7 +262,7 @@ def suite_int4_vs_bf16(cfg: ExperimentConfig, out: Path, config_path: Path | Non
                        progress: Callable[[str], None]) -> dict[str, Any]:
     s = cfg.bench.suites
     source, variants = int4_models(cfg)
-    cmd = [_python(), "benchmarks/quant_serving.py", "--models", source, *variants, "--repeats", str(s.rounds),
+    cmd = [sys.executable, "benchmarks/quant_serving.py", "--models", source, *variants, "--repeats", str(s.rounds),
            "--requests", str(s.int4_requests), "--concurrency", str(s.int4_concurrency),
            "--max-tokens", str(cfg.bench.max_tokens), "--out", str(out / "quant_serving.json")]
     home = str(cfg.paths.resolved_home())
@@ -278,11 +280,8 @@ def suite_int4_vs_bf16(cfg: ExperimentConfig, out: Path, config_path: Path | Non
                              True, note="see the log"))
             continue
         for key, (label, hib) in figures.items():
-            spread = beyond = None
-            vr, br = v.get(key + "_range"), base.get(key + "_range")
-            if vr and br and br[0] > 0 and key != "size_mib":
-                spread = [vr[0] / br[1], vr[1] / br[0]]
-                beyond = spread[0] > 1 or spread[1] < 1
+            spread, beyond = (None, None) if key == "size_mib" else pairing_spread(v.get(key + "_range"),
+                                                                                   base.get(key + "_range"))
             rows.append(_row("int4_vs_bf16", f"{v['variant']} vs {base['variant']}", label, base[key], v[key], hib,
                              spread=spread, beyond_noise=True if key == "size_mib" else beyond,
                              note="medians of the rounds; spread = the rounds' worst and best pairing"

@@ -285,14 +285,12 @@ def attach(cfg: ExperimentConfig) -> bool:
 
 
 def down(cfg: ExperimentConfig) -> bool:
-    from ray import serve
     from ray.serve.exceptions import RayServeException
 
     if not attach(cfg):
         return False
     try:
-        serve.delete(APP_NAME, _blocking=True)
+        remove_app()  # blocking, and the engines' memory and cores are free when it returns
     except RayServeException:  # Serve never started on this cluster: nothing to remove
         return False
-    wait_engines_gone()  # the engines' memory and cores are free when this returns
     return True
