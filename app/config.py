@@ -151,6 +151,47 @@ class AcceptanceConfig(Section):
         description="Criteria whose failure makes the main job exit non-zero; the others are reported only.")
 
 
+# The main job's lighter settings for its later stages: under an hour on 2 cores (README, "The main
+# job"). The stage commands (`app quantize run`, `app bench all`, ...) keep the sections as written.
+MAIN_JOB_OVERRIDES: dict[str, list[str]] = {
+    "quantize": ["quantize.methods=[gptq]", "quantize.qat=false"],
+    "ab_test": ["ab.simulation.budget_s=300"],
+    "benchmark": ["bench.profiles=[steady]", "bench.sweep.concurrencies=[1, 4, 16]", "bench.compare.rounds=2",
+                  "bench.suites.run=[tuned_vs_default, int4_vs_bf16]"],
+}
+# Seconds per stage on the 2-core reference machine (measured figures: README, "The main job").
+MAIN_JOB_BUDGETS: dict[str, float] = {"prepare_model": 120, "build_dataset": 420, "finetune": 1200, "evaluate": 420,
+                                      "quantize": 600, "ab_test": 480, "benchmark": 1080}
+
+
+class PipelineConfig(Section):
+    """The main job (``app run``, ``jobs/pipeline.py``): per-stage settings and time budgets."""
+
+    overrides: dict[str, list[str]] = Field(
+        default_factory=lambda: {k: list(v) for k, v in MAIN_JOB_OVERRIDES.items()},
+        description="Per stage of the main job, `section.field=value` settings applied to that stage only (its "
+        "reuse key includes them); each must name a section the stage reads. The defaults keep the main job under "
+        "an hour on 2 cores: GPTQ only, no QAT; a 5-minute A/B budget; one load profile and the two suites the "
+        "acceptance table reads. `{}` runs every stage with the sections as written.")
+    budgets_s: dict[str, PositiveFloat] = Field(
+        default_factory=lambda: dict(MAIN_JOB_BUDGETS),
+        description="Time budget per stage, seconds: reported beside the measured time (over budget is flagged, "
+        "not stopped).")
+    total_budget_s: PositiveFloat = Field(3600, description="The whole main job's budget, seconds (reported).")
+
+    @model_validator(mode="after")
+    def _syntax(self) -> PipelineConfig:
+        for stage, items in self.overrides.items():
+            for text in items:
+                try:
+                    path, _ = parse_override(text)
+                except ConfigError as exc:
+                    raise ValueError(f"pipeline.overrides.{stage}: {exc}") from None
+                if path[0] == "pipeline":
+                    raise ValueError(f"pipeline.overrides.{stage}: {text!r} sets the pipeline section itself")
+        return self
+
+
 class AccountsConfig(Section):
     """Who may write: the accounts (reviewers, annotators, admins) the web apps log people in against."""
 
@@ -184,6 +225,7 @@ class ExperimentConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     accounts: AccountsConfig = Field(default_factory=AccountsConfig)
     acceptance: AcceptanceConfig = Field(default_factory=AcceptanceConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @model_validator(mode="after")
     def _cross_section(self) -> ExperimentConfig:
@@ -193,6 +235,7 @@ class ExperimentConfig(Section):
             raise ValueError(f"serve_sweep.model {self.serve_sweep.model!r} is not in serving.models "
                              f"{self.serving.models}")
         self._check_sweep_values()
+        self._check_stage_overrides()
         if self.training.max_seq_len and self.training.max_seq_len > self.model.max_seq_len:
             raise ValueError(f"training.max_seq_len ({self.training.max_seq_len}) exceeds model.max_seq_len "
                              f"({self.model.max_seq_len})")
@@ -202,6 +245,25 @@ class ExperimentConfig(Section):
                 f"({self.model.max_seq_len})"
             )
         return self
+
+    def stage_config(self, stage: str) -> ExperimentConfig:
+        """This config with ``pipeline.overrides[stage]`` applied: what that stage runs with in the main job."""
+        items = self.pipeline.overrides.get(stage)
+        if not items:
+            return self
+        return validate_config(apply_overrides(self.to_dict(), items), f"pipeline.overrides.{stage}")
+
+    def _check_stage_overrides(self) -> None:
+        """Each stage's overrides give a valid config (checked once, here, before any stage runs)."""
+        raw = self.to_dict()
+        raw["pipeline"]["overrides"] = {}  # the derived config does not check them again
+        for stage, items in self.pipeline.overrides.items():
+            try:
+                ExperimentConfig.model_validate(apply_overrides(raw, items))
+            except ValidationError as err:
+                raise ValueError(_format_validation_error(err, f"pipeline.overrides.{stage}")) from None
+            except ConfigError as exc:
+                raise ValueError(f"pipeline.overrides.{stage}: {exc}") from None
 
     def _check_sweep_values(self) -> None:
         """Each value a sweep trial or grid sets must be valid in the serving section (the trials

@@ -11,6 +11,11 @@ a stage whose key has a record is reused, not run: so a run killed after a stage
 next one, a changed setting re-runs the stages that read it, and a stage run again (``--force``)
 gets a new record id, which changes the keys of everything downstream of it.
 
+In the main job a stage runs with ``pipeline.overrides[stage]`` applied (lighter settings for the later
+stages, so the whole job fits its budget; the key includes them), and its time is reported against
+``pipeline.budgets_s``. The A/B stage names its experiment after its key (``<ab.experiment>-<key>``), so
+a re-run with another fine-tuned model starts a new experiment instead of adding to the old one's data.
+
 A reused stage still appears under the parent run: a child run tagged ``reused`` with the record and
 the original run's id, so the MLflow UI shows one lineage from documents to the last stage.
 """
@@ -31,7 +36,7 @@ from app.errors import AppError
 from app.stages import REGISTRY
 
 # The main job, in order.
-PIPELINE: list[str] = ["prepare_model", "build_dataset", "finetune", "evaluate"]
+PIPELINE: list[str] = ["prepare_model", "build_dataset", "finetune", "evaluate", "quantize", "ab_test", "benchmark"]
 PIPELINE_SUMMARY = ("The main job: the stages in order under one MLflow parent run; a stage whose config and "
                     "inputs are unchanged since its last run is reused (--force re-runs it).")
 
@@ -92,6 +97,32 @@ def write_record(cfg: ExperimentConfig, record: dict[str, Any]) -> Path:
     return path
 
 
+def check_settings(cfg: ExperimentConfig, order: list[str]) -> None:
+    """pipeline.overrides and budgets_s name stages of the main job, and each override a section its stage reads."""
+    from app.config import parse_override
+
+    p = cfg.pipeline
+    for what, names in (("pipeline.overrides", p.overrides), ("pipeline.budgets_s", p.budgets_s)):
+        unknown = [n for n in names if n not in order]
+        if unknown:
+            raise PipelineError(f"{what} names {', '.join(unknown)}: not a stage of the main job ({', '.join(order)})")
+    for stage, items in p.overrides.items():
+        reads = REGISTRY[stage].reads
+        idle = [t for t in items if parse_override(t)[0][0] not in reads]
+        if idle:
+            raise PipelineError(f"pipeline.overrides.{stage}: {', '.join(idle)} would change nothing: stage {stage} "
+                                f"reads only {', '.join(reads)}")
+
+
+def stage_config(cfg: ExperimentConfig, name: str, key: str) -> ExperimentConfig:
+    """What stage ``name`` runs with in the main job (see the module docstring)."""
+    run_cfg = cfg.stage_config(name)
+    if name == "ab_test":
+        ab = run_cfg.ab.model_copy(update={"experiment": f"{run_cfg.ab.experiment}-{key[:8]}"})
+        run_cfg = run_cfg.model_copy(update={"ab": ab})
+    return run_cfg
+
+
 def select(order: list[str], *, from_stage: str | None = None, to_stage: str | None = None,
            only: list[str] | None = None, force: list[str] | None = None) -> tuple[list[str], set[str]]:
     """(stages to visit, stages to run even when a record exists), validated against ``order``."""
@@ -124,6 +155,7 @@ def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *, from
 
     order = PIPELINE
     chosen, forced = select(order, from_stage=from_stage, to_stage=to_stage, only=only, force=force)
+    check_settings(cfg, order)
     docs = documents_hash(cfg) if any("documents" in REGISTRY[n].consumes for n in chosen) else None
     upstream: dict[str, str] = {}  # artifact -> record id of the run that produced it
     results: dict[str, dict[str, Any]] = {}  # stage -> its summary (this run's, or the reused record's)
@@ -134,12 +166,13 @@ def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *, from
         for name in order:
             if name not in chosen:
                 # Not selected: what it produced last time (its latest record for this config) feeds the rest.
-                key, _ = stage_key(cfg, name, upstream, docs)
+                key, _ = stage_key(cfg.stage_config(name), name, upstream, docs)
                 record = read_record(cfg, name, key)
                 if record is not None:
                     upstream.update({a: record["record_id"] for a in REGISTRY[name].produces})
                 continue
-            key, basis = stage_key(cfg, name, upstream, docs)
+            key, basis = stage_key(cfg.stage_config(name), name, upstream, docs)
+            budget = cfg.pipeline.budgets_s.get(name)
             record = None if name in forced else read_record(cfg, name, key)
             if record is not None:
                 progress(f"== stage {name}: reused (record {record['record_id'][:8]}, run {record['mlflow_run_id']}, "
@@ -150,11 +183,12 @@ def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *, from
                                      "pipeline.original_run_id": record["mlflow_run_id"] or ""})
                 results[name] = record["result"]
                 summary["stages"][name] = {"status": "reused", "key": key, "record_id": record["record_id"],
-                                           "mlflow_run_id": record["mlflow_run_id"], "seconds": 0.0}
+                                           "mlflow_run_id": record["mlflow_run_id"], "seconds": 0.0,
+                                           "budget_s": budget, "first_run_seconds": record.get("seconds")}
             else:
                 progress(f"== stage {name}: running (key {key[:12]})")
                 t0 = time.time()
-                result = REGISTRY[name].run(cfg, config_path, progress=progress)
+                result = REGISTRY[name].run(stage_config(cfg, name, key), config_path, progress=progress)
                 record = {"stage": name, "key": key, "record_id": uuid.uuid4().hex, "status": "done",
                           "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
                           "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.time() - t0, 1),
@@ -164,16 +198,20 @@ def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *, from
                 results[name] = result
                 summary["stages"][name] = {"status": "ran", "key": key, "record_id": record["record_id"],
                                            "mlflow_run_id": record["mlflow_run_id"], "seconds": record["seconds"],
-                                           "result": result}
-                progress(f"== stage {name}: done in {record['seconds']:.0f} s")
+                                           "budget_s": budget, "result": result}
+                over = f", OVER its budget of {budget:.0f} s" if budget and record["seconds"] > budget else \
+                    (f" (budget {budget:.0f} s)" if budget else "")
+                progress(f"== stage {name}: done in {record['seconds']:.0f} s{over}")
+                mlflow.log_metric(f"pipeline.{name}.seconds", record["seconds"])
             upstream.update({a: record["record_id"] for a in REGISTRY[name].produces})
             mlflow.set_tag(f"pipeline.{name}", summary["stages"][name]["status"])
         summary["seconds"] = round(time.time() - started, 1)
+        mlflow.log_metric("pipeline.seconds", summary["seconds"])
         mlflow.log_dict({n: {k: v for k, v in s.items() if k != "result"} for n, s in summary["stages"].items()},
                         "pipeline/stages.json")
         rows = acceptance_table(cfg, results, {n: s["mlflow_run_id"] for n, s in summary["stages"].items()})
         summary["acceptance"] = rows
-        table = markdown(rows)
+        table = markdown(rows) + "\n" + times_markdown(summary, cfg.pipeline.total_budget_s)
         out = records_dir(cfg) / "acceptance" / f"{time.strftime('%Y%m%d-%H%M%S')}-{parent.info.run_id[:8]}.md"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(table, encoding="utf-8")
@@ -188,6 +226,19 @@ def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *, from
                 f"{r['id']} ({r['status']}: {r['figure']}; {r['why']})" for r in failed)
                 + f". The table: {out}; acceptance.required lists the required ones")
     return summary
+
+
+def times_markdown(summary: dict[str, Any], total_budget_s: float) -> str:
+    """Each stage's measured time against its budget (reused stages: 0 s here, their first run's time shown)."""
+    lines = ["## Stage times", "", "| stage | status | seconds | budget | within |", "|---|---|---|---|---|"]
+    for name, s in summary["stages"].items():
+        secs = s["seconds"] if s["status"] == "ran" else f"0 (reused; {s.get('first_run_seconds') or '?'} when run)"
+        budget = s.get("budget_s")
+        within = "-" if not budget or s["status"] != "ran" else ("yes" if s["seconds"] <= budget else "**no**")
+        lines.append(f"| {name} | {s['status']} | {secs} | {budget or '-'} | {within} |")
+    total = summary["seconds"]
+    lines.append(f"| **total** | | {total:.0f} | {total_budget_s:.0f} | {'yes' if total <= total_budget_s else '**no**'} |")
+    return "\n".join(lines) + "\n"
 
 
 def _run_id(result: Any) -> str | None:

@@ -51,6 +51,7 @@ def run_all(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of:
         progress("== suites: comparisons measured by their own stage or benchmark ==")
         out["suites"] = run_suites(cfg, config_path, rerun_of=rerun_of, progress=progress)
     out["report"] = report(cfg, config_path, rerun_of=rerun_of, progress=progress)
-    return {"report": out["report"], "loads": {p: r["out_dir"] for p, r in out["loads"].items()},
+    # The report's run stands for the stage (each part has its own run, nested under the same parent).
+    return {"mlflow_run_id": out["report"].get("mlflow_run_id"), "report": out["report"], "loads": {p: r["out_dir"] for p, r in out["loads"].items()},
             "sweep": out["sweep"]["out_dir"], "compare": (out.get("compare") or {}).get("out_dir"),
             "suites": (out.get("suites") or {}).get("out_dir")}

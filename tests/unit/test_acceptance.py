@@ -55,3 +55,58 @@ def test_required_failures_and_partial_runs(tmp_path):
     # A run that stopped after the dataset is not failed for the evaluation it left out.
     partial = acceptance_table(cfg, {k: v for k, v in results(tmp_path).items() if k == "build_dataset"}, {})
     assert [r["id"] for r in failed_required(partial, ["prepare_model", "build_dataset"])] == ["dataset_pairs"]
+
+
+def later_stages(tmp_path, *, drop=-0.005, ratio=1.327, beyond=True, outcome="winner", p=0.003, int4_worse=True):
+    """The quantize, A/B and benchmark stages' summaries as they return them (suites.json on disk)."""
+    suites = {"tuned_vs_default": {"status": "ok", "mlflow_run_id": "sw", "rows": [
+                  {"figure": "best output tok/s under the SLO", "ratio": ratio, "baseline": 242.1, "candidate": 321.4,
+                   "spread": [1.24, 1.42], "beyond_noise": beyond, "higher_is_better": True}]},
+              "int4_vs_bf16": {"status": "ok", "mlflow_run_id": "i4", "rows": [
+                  {"figure": "checkpoint MiB", "ratio": 0.42, "beyond_noise": True, "higher_is_better": False},
+                  {"figure": "c=8 output tok/s", "ratio": 0.73 if int4_worse else 1.0, "beyond_noise": int4_worse,
+                   "higher_is_better": True}]},
+              "vllm_vs_hf": {"status": "failed", "rows": [], "reason": "boom"}}
+    folder = tmp_path / "suites"
+    folder.mkdir(exist_ok=True)
+    (folder / "suites.json").write_text(json.dumps({"suites": suites}))
+    return {"quantize": {"run_id": "q", "sizes": [{"model": "ft", "size_reduction": 0.0},
+                                                  {"model": "ft-gptq", "size_reduction": 0.576}],
+                         "accuracy": {"variants": {"ft-gptq": {"accuracy": 0.78, "relative_drop": drop, "n": 236,
+                                                               "relative_ci": [drop - 0.055, drop + 0.049]}}}},
+            "ab_test": {"mlflow_run_id": "ab", "report": {"decisions": {"finetuned": {
+                "outcome": outcome, "winner": "finetuned" if outcome == "winner" else None, "p_value": p,
+                "reasons": ["primary thumbs_up: 0.446 -> 0.746"]}}}},
+            "benchmark": {"mlflow_run_id": "rep", "suites": str(folder)}}
+
+
+def test_the_later_stages_rows_read_their_own_summaries(tmp_path):
+    rows = {r["id"]: r for r in acceptance_table(ExperimentConfig(), results(tmp_path) | later_stages(tmp_path), {})}
+    q = rows["quantization"]
+    assert q["status"] == PASS and q["mlflow_run_id"] == "q"
+    assert "ft-gptq: 58% smaller, relative drop -0.5% [-6.0%, +4.4%]" in q["figure"]
+    assert "interval reaches +4.4%" in q["why"]  # met on the point estimate only, and it says so
+    s = rows["serving_speedup"]
+    assert s["status"] == PASS and s["figure"].startswith("x1.327 (321 vs 242 tok/s") and s["mlflow_run_id"] == "sw"
+    ab = rows["ab_significance"]
+    assert ab["status"] == PASS and "finetuned: winner finetuned, p = 0.003" in ab["figure"]
+    c = rows["benchmark_consistency"]
+    # INT4 is smaller (its primary) but slower beyond noise: inconsistent; the failed suite is not counted.
+    assert c["status"] == FAIL and "int4_vs_bf16" in c["why"] and "worse: c=8 output tok/s" in c["figure"]
+    assert "vllm_vs_hf" not in c["figure"]
+
+
+def test_the_later_stages_rows_fail_or_stay_unmeasured_when_they_should(tmp_path):
+    bad = later_stages(tmp_path, drop=0.05, ratio=1.2, outcome="keep running", p=0.2, int4_worse=False)
+    rows = {r["id"]: r for r in acceptance_table(ExperimentConfig(), results(tmp_path) | bad, {})}
+    assert rows["quantization"]["status"] == FAIL and "relative drop +5.0%" in rows["quantization"]["figure"]
+    assert rows["serving_speedup"]["status"] == FAIL and "below the threshold" in rows["serving_speedup"]["why"]
+    assert rows["ab_significance"]["status"] == FAIL and "keep running" in rows["ab_significance"]["figure"]
+    assert rows["benchmark_consistency"]["status"] == PASS
+    noisy = later_stages(tmp_path, beyond=False)
+    row = {r["id"]: r for r in acceptance_table(ExperimentConfig(), noisy, {})}["serving_speedup"]
+    assert row["status"] == FAIL and "not beyond the spread" in row["why"]
+    (tmp_path / "suites" / "suites.json").write_text(json.dumps({"suites": {}}))
+    rows = {r["id"]: r for r in acceptance_table(ExperimentConfig(), noisy, {})}
+    assert rows["serving_speedup"]["status"] == UNMEASURED and "no tuned_vs_default" in rows["serving_speedup"]["why"]
+    assert rows["benchmark_consistency"]["status"] == UNMEASURED
