@@ -155,8 +155,9 @@ class AcceptanceConfig(Section):
 # job"). The stage commands (`app quantize run`, `app bench all`, ...) keep the sections as written.
 MAIN_JOB_OVERRIDES: dict[str, list[str]] = {
     "quantize": ["quantize.methods=[gptq]", "quantize.qat=false"],
-    "ab_test": ["ab.simulation.budget_s=300"],
-    "benchmark": ["bench.profiles=[steady]", "bench.sweep.concurrencies=[1, 4, 16]", "bench.compare.rounds=2",
+    # The A/B stage leaves its application up; the benchmarks load its models, then remove it.
+    "ab_test": ["ab.simulation.budget_s=300", "ab.simulation.stop_service=false"],
+    "benchmark": ["bench.release_endpoint=true", "bench.profiles=[steady]", "bench.sweep.concurrencies=[1, 4, 16]", "bench.compare.rounds=2",
                   "bench.suites.run=[tuned_vs_default, int4_vs_bf16]"],
 }
 # Seconds per stage on the 2-core reference machine (measured figures: README, "The main job").

@@ -41,6 +41,42 @@ PIPELINE_SUMMARY = ("The main job: the stages in order under one MLflow parent r
                     "inputs are unchanged since its last run is reused (--force re-runs it).")
 
 
+class MemoryPeak:
+    """The machine's memory in use (MemTotal - MemAvailable, /proc/meminfo), sampled every ``every_s`` in a
+    thread: each stage's peak, machine-wide (every process the stage starts: Ray workers, engines)."""
+
+    def __init__(self, every_s: float = 1.0):
+        import threading
+
+        self.every_s, self.peak, self._stop = every_s, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="memory-peak")
+
+    @staticmethod
+    def used() -> int | None:
+        try:
+            info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+            return (int(info["MemTotal"].split()[0]) - int(info["MemAvailable"].split()[0])) * 1024
+        except (OSError, KeyError, ValueError):
+            return None  # not Linux: not measured
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.peak = max(self.peak, self.used() or 0)
+
+    def __enter__(self) -> MemoryPeak:
+        self.peak = self.used() or 0
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def reset(self) -> int:
+        """The peak since the last reset (GiB figures come from it), and start a new interval."""
+        peak, self.peak = max(self.peak, self.used() or 0), self.used() or 0
+        return peak
+
+
 class PipelineError(AppError, ValueError):
     """A pipeline selection that cannot run; the message says why."""
 
@@ -161,7 +197,8 @@ def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *, from
     results: dict[str, dict[str, Any]] = {}  # stage -> its summary (this run's, or the reused record's)
     summary: dict[str, Any] = {"stages": {}}
     started = time.time()
-    with start_run(cfg, "pipeline", config_path, tags={"pipeline.stages": ",".join(chosen)}) as parent:
+    with start_run(cfg, "pipeline", config_path, tags={"pipeline.stages": ",".join(chosen)}) as parent, \
+            MemoryPeak() as memory:
         summary["mlflow_run_id"] = parent.info.run_id
         for name in order:
             if name not in chosen:
@@ -187,6 +224,7 @@ def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *, from
                                            "budget_s": budget, "first_run_seconds": record.get("seconds")}
             else:
                 progress(f"== stage {name}: running (key {key[:12]})")
+                memory.reset()
                 t0 = time.time()
                 result = REGISTRY[name].run(stage_config(cfg, name, key), config_path, progress=progress)
                 record = {"stage": name, "key": key, "record_id": uuid.uuid4().hex, "status": "done",
@@ -198,13 +236,21 @@ def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *, from
                 results[name] = result
                 summary["stages"][name] = {"status": "ran", "key": key, "record_id": record["record_id"],
                                            "mlflow_run_id": record["mlflow_run_id"], "seconds": record["seconds"],
-                                           "budget_s": budget, "result": result}
+                                           "budget_s": budget, "peak_memory_gib": round(memory.reset() / 2**30, 2),
+                                           "result": result}
                 over = f", OVER its budget of {budget:.0f} s" if budget and record["seconds"] > budget else \
                     (f" (budget {budget:.0f} s)" if budget else "")
                 progress(f"== stage {name}: done in {record['seconds']:.0f} s{over}")
-                mlflow.log_metric(f"pipeline.{name}.seconds", record["seconds"])
+                mlflow.log_metrics({f"pipeline.{name}.seconds": record["seconds"],
+                                    f"pipeline.{name}.peak_memory_gib": summary["stages"][name]["peak_memory_gib"]})
             upstream.update({a: record["record_id"] for a in REGISTRY[name].produces})
             mlflow.set_tag(f"pipeline.{name}", summary["stages"][name]["status"])
+        ran = [n for n, s in summary["stages"].items() if s["status"] == "ran"]
+        if "ab_test" in ran and "benchmark" not in ran and not cfg.stage_config("ab_test").ab.simulation.stop_service:
+            from app.serving.manager import down
+
+            progress("removing the A/B experiment's application (left up for a benchmark stage that did not run)")
+            down(cfg)
         summary["seconds"] = round(time.time() - started, 1)
         mlflow.log_metric("pipeline.seconds", summary["seconds"])
         mlflow.log_dict({n: {k: v for k, v in s.items() if k != "result"} for n, s in summary["stages"].items()},
@@ -230,14 +276,17 @@ def run_pipeline(cfg: ExperimentConfig, config_path: Path | None = None, *, from
 
 def times_markdown(summary: dict[str, Any], total_budget_s: float) -> str:
     """Each stage's measured time against its budget (reused stages: 0 s here, their first run's time shown)."""
-    lines = ["## Stage times", "", "| stage | status | seconds | budget | within |", "|---|---|---|---|---|"]
+    lines = ["## Stage times", "", "Peak memory: the machine's memory in use (every process) at its highest during "
+             "the stage.", "", "| stage | status | seconds | budget | within | peak memory GiB |",
+             "|---|---|---|---|---|---|"]
     for name, s in summary["stages"].items():
         secs = s["seconds"] if s["status"] == "ran" else f"0 (reused; {s.get('first_run_seconds') or '?'} when run)"
         budget = s.get("budget_s")
         within = "-" if not budget or s["status"] != "ran" else ("yes" if s["seconds"] <= budget else "**no**")
-        lines.append(f"| {name} | {s['status']} | {secs} | {budget or '-'} | {within} |")
+        lines.append(f"| {name} | {s['status']} | {secs} | {f'{budget:.0f}' if budget else '-'} | {within} | "
+                     f"{s.get('peak_memory_gib', '-')} |")
     total = summary["seconds"]
-    lines.append(f"| **total** | | {total:.0f} | {total_budget_s:.0f} | {'yes' if total <= total_budget_s else '**no**'} |")
+    lines.append(f"| **total** | | {total:.0f} | {total_budget_s:.0f} | {'yes' if total <= total_budget_s else '**no**'} | |")
     return "\n".join(lines) + "\n"
 
 

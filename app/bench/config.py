@@ -148,6 +148,10 @@ class BenchConfig(Section):
     request_timeout_s: PositiveFloat = Field(180.0, description="A request still unanswered after this fails.")
     metrics_url: str | None = Field("http://127.0.0.1:8080/metrics", description="A Ray node's Prometheus "
                                     "endpoint (the engines' KV-cache use and queue during a run); None: not read.")
+    release_endpoint: bool = Field(
+        False, description="`app bench all`: after the loads, remove the running endpoint even when this run did not "
+        "deploy it, so the suites get the machine. The main job sets it: its A/B stage leaves the experiment's "
+        "application up and the benchmarks load its models by their own ids (one deployment for both stages).")
     profiles: list[Literal["steady", "step", "stress", "soak"]] = Field(
         default_factory=lambda: ["steady", "step", "stress", "soak"], min_length=1,
         description="`app bench all`: the load profiles run, in order, before the sweep and the comparisons.")

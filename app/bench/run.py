@@ -47,6 +47,9 @@ def run_all(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of:
         if deployed:
             progress("removing the Serve app deployed for the benchmarks")
             down(cfg)
+        elif cfg.bench.release_endpoint:
+            progress("removing the running Serve app (bench.release_endpoint): the suites need the machine")
+            down(cfg)
     if cfg.bench.suites.run:
         progress("== suites: comparisons measured by their own stage or benchmark ==")
         out["suites"] = run_suites(cfg, config_path, rerun_of=rerun_of, progress=progress)

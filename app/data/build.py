@@ -257,7 +257,8 @@ def estimate_extracted(cfg: ExperimentConfig, extracted: list[dict], sample: int
 
 
 def generate_pairs(cfg: ExperimentConfig, chunks: pd.DataFrame, model_path: Path, progress: Callable[[str], None],
-                   expected_extracted: float = 0.0) -> tuple[pd.DataFrame, dict[str, Any]]:
+                   expected_extracted: float = 0.0, deploy: Callable[[], None] | None = None
+                   ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Scored LLM rows (accepted or with their reject reason) and facts about the run.
 
     Chunks are asked about in waves, round-robin across topics, until the accepted pairs expected
@@ -265,7 +266,8 @@ def generate_pairs(cfg: ExperimentConfig, chunks: pd.DataFrame, model_path: Path
     at least ``min_chunks`` chunks were asked about, or the chunks run out. After the first wave
     (``estimate_requests`` answers, or ``estimate_within_s`` seconds) the yield per request is known:
     when even every remaining chunk could not reach ``target_pairs``, the build fails there with the
-    estimate and what to change, not after hours of generation.
+    estimate and what to change, not after hours of generation. ``deploy`` (backend serve) is called
+    before the first request: the Serve app is deployed only when the LLM is asked.
     """
     d, g = cfg.data, cfg.data.generation
     order = sample_chunks(chunks, g.max_chunks, cfg.seed, d.min_chunk_tokens)
@@ -276,18 +278,20 @@ def generate_pairs(cfg: ExperimentConfig, chunks: pd.DataFrame, model_path: Path
         return pd.DataFrame(), info
     model = g.model or cfg.model.name
     origin = f"llm:{model}"
-    where: dict[str, Any] = {"base": None, "key": None}
-    if g.backend == "vllm":
-        info["endpoint"] = f"in-process vLLM ({model_path.name})"
-    else:
-        where["base"], where["key"] = endpoint(cfg)
-        info["endpoint"] = f"{where['base']} model {model}"
     need = math.ceil(d.target_pairs * g.target_margin)
     if expected_extracted >= need and g.min_chunks == 0:
         progress(f"  not asking the LLM: about {expected_extracted:.0f} extracted pairs are expected to pass, at least "
                  f"target_pairs x target_margin = {need} (set data.generation.min_chunks to ask it anyway)")
         info.update(skipped="extracted pairs reach the target", seconds=0.0)
         return pd.DataFrame(), info
+    where: dict[str, Any] = {"base": None, "key": None}
+    if g.backend == "vllm":
+        info["endpoint"] = f"in-process vLLM ({model_path.name})"
+    else:
+        if deploy is not None:
+            deploy()  # only now that the LLM is needed: no engine started for a build that does not ask it
+        where["base"], where["key"] = endpoint(cfg)
+        info["endpoint"] = f"{where['base']} model {model}"
     progress(f"asking the LLM for questions ({g.mode}{', guided' if g.guided else ''}) over up to {len(order)} chunks "
              f"({info['endpoint']}); extracted pairs expected to pass: {expected_extracted:.0f}, aiming at {need}")
     cache = GenerationCache(datasets_root(cfg) / "generation-cache.jsonl")
@@ -516,10 +520,15 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
             contextlib.ExitStack() as cleanup:
         release = _AppRelease(progress)
         cleanup.callback(release)  # a failed build removes the app it deployed, as a successful one does
-        if d.generation.enabled and d.generation.backend == "serve":
+
+        def deploy() -> None:
+            # Joins (or starts) the persistent cluster the Serve app lives on; the rest of the build
+            # runs there, with this job's worker output forwarded again.
             release.deployed = ensure_served(cfg, [d.generation.model or cfg.model.name], "QA generation", progress)
-        else:
             cluster.connect(cfg.ray)
+            cluster.quiet_data_context()
+
+        cluster.connect(cfg.ray)
         cluster.quiet_data_context()
         progress(f"Ray cluster: {ray.cluster_resources().get('CPU', 0):.0f} CPUs")
 
@@ -547,7 +556,8 @@ def build_dataset(cfg: ExperimentConfig, config_path: Path | None = None, *, rer
             expected = estimate_extracted(cfg, extracted)
             timings["estimate_extracted_s"] = time.time() - t
             t = time.time()
-            llm_scored, gen_info = generate_pairs(cfg, chunks, stored.path, progress, expected)
+            llm_scored, gen_info = generate_pairs(cfg, chunks, stored.path, progress, expected,
+                                                  deploy if d.generation.backend == "serve" else None)
             timings["generate_s"] = time.time() - t
             # Deployed only to write pairs: its engine's memory goes back to the next stage
             # (training needs it on a small machine). `app serve up` keeps an endpoint running.

@@ -118,10 +118,21 @@ def test_stage_overrides_are_checked_before_anything_runs():
 def test_stage_times_against_their_budgets():
     summary = {"seconds": 4000.0, "stages": {
         "prepare_model": {"status": "reused", "seconds": 0.0, "budget_s": 120, "first_run_seconds": 50.2},
-        "finetune": {"status": "ran", "seconds": 1300.0, "budget_s": 1200},
+        "finetune": {"status": "ran", "seconds": 1300.0, "budget_s": 1200, "peak_memory_gib": 11.5},
         "evaluate": {"status": "ran", "seconds": 300.0, "budget_s": 420}}}
     text = times_markdown(summary, 3600)
     assert "| prepare_model | reused | 0 (reused; 50.2 when run) | 120 | - |" in text
-    assert "| finetune | ran | 1300.0 | 1200 | **no** |" in text
+    assert "| finetune | ran | 1300.0 | 1200 | **no** | 11.5 |" in text
     assert "| evaluate | ran | 300.0 | 420 | yes |" in text
     assert "| **total** | | 4000 | 3600 | **no** |" in text
+
+
+def test_the_memory_peak_is_the_machines_highest_use_per_interval():
+    from app.pipeline import MemoryPeak
+
+    with MemoryPeak(every_s=0.05) as memory:
+        first = memory.reset()
+        assert first > 0 and MemoryPeak.used() > 0
+        memory.peak = first + 2**30  # as if the sampler had seen a higher point during the interval
+        assert memory.reset() == first + 2**30
+        assert memory.reset() < first + 2**30  # a new interval starts from the current use
