@@ -179,8 +179,14 @@ def quantization_row(a: Any, q: dict[str, Any] | None) -> dict[str, Any]:
         if met and hi >= a.max_relative_drop:
             notes.append(f"{name}'s interval reaches {hi:+.1%}: at n={v['n']} a drop under "
                          f"{a.max_relative_drop:.0%} is the point estimate, not established")
+        elif not met:
+            why = ([f"{red:.0%} smaller"] if red is not None and red < a.min_size_reduction else []) + (
+                [f"relative drop {v['relative_drop']:+.1%} (interval [{lo:+.1%}, {hi:+.1%}]"
+                 + (", which also includes drops under the threshold: n is too small to tell" if lo < a.max_relative_drop
+                    else "") + ")"] if v["relative_drop"] >= a.max_relative_drop else [])
+            notes.append(f"{name}: {', '.join(why) or 'size unknown'}")
     return _row("quantization", crit, PASS if ok else FAIL, "; ".join(parts), thr, q.get("run_id"),
-                "; ".join(notes) if ok else "no variant is both small enough and within the drop")
+                "; ".join(notes) if ok else "no variant is both small enough and within the drop: " + "; ".join(notes))
 
 
 def _suites(bench: dict[str, Any] | None) -> dict[str, Any]:

@@ -647,8 +647,10 @@ def bench(served, *extra: str) -> list[str]:
 def test_locust_on_the_live_service_agrees_with_the_load_generator(served, qa_build, home, mlflow_uri):
     """A short bounded headless Locust run (2 users, 40 s) of one served model with the domain prompts, then
     the load generator's closed loop at concurrency 2 on the same prompts: the report's TTFT and TPOT come
-    from Locust's CSV and agree with the load generator's within 35% (means; Locust's percentiles are
-    bucketed, its means exact). Locust's own CPU and the deployment's memory are recorded."""
+    from Locust's CSV and agree with the load generator's within 35%: medians for TTFT (one slow first token
+    moves a mean of 20 requests by tens of ms: 166 vs 257 ms means failed a CI run; Locust's percentiles are
+    bucketed to 10 ms above 100 ms, well inside the tolerance), means for TPOT (steady per token). Locust's
+    own CPU and the deployment's memory are recorded."""
     import mlflow
 
     sets = bench(served, "--set", f"bench.model={served['models'][0]}", "--set", "bench.load.users=2",
@@ -671,15 +673,15 @@ def test_locust_on_the_live_service_agrees_with_the_load_generator(served, qa_bu
     assert all("\n\nQuestion: " in json.loads(line)["messages"][-1]["content"] for line in lines)
 
     proc = run_cli("app", "bench", "sweep", *sets, "--set", "bench.sweep.concurrencies=[2]",
-                   "--set", "bench.sweep.requests_per_level=5", "--set", "bench.sweep.min_requests=10",
+                   "--set", "bench.sweep.requests_per_level=10", "--set", "bench.sweep.min_requests=20",
                    env=served["env"], timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sweep = json.loads(proc.stdout[proc.stdout.rindex("\n{") + 1:])
     point = json.loads((Path(sweep["out_dir"]) / "points.json").read_text())["points"][0]
-    assert point["failed"] == 0 and point["completed"] == 10
-    for metric in ("ttft", "tpot"):
-        locust_ms, loadgen_ms = fig[f"mean_{metric}_ms"], point[f"mean_{metric}_ms"]
-        assert locust_ms == pytest.approx(loadgen_ms, rel=0.35), (metric, locust_ms, loadgen_ms)
+    assert point["failed"] == 0 and point["completed"] == 20
+    for key in ("p50_ttft_ms", "mean_tpot_ms"):
+        locust_ms, loadgen_ms = fig[key], point[key]
+        assert locust_ms == pytest.approx(loadgen_ms, rel=0.35), (key, locust_ms, loadgen_ms)
     client = mlflow.MlflowClient(mlflow_uri)
     run = client.get_run(load["mlflow_run_id"])
     assert run.data.tags["app.stage"] == "bench_load" and run.data.metrics["completed"] == fig["completed"]

@@ -100,6 +100,9 @@ def test_the_later_stages_rows_fail_or_stay_unmeasured_when_they_should(tmp_path
     bad = later_stages(tmp_path, drop=0.05, ratio=1.2, outcome="keep running", p=0.2, int4_worse=False)
     rows = {r["id"]: r for r in acceptance_table(ExperimentConfig(), results(tmp_path) | bad, {})}
     assert rows["quantization"]["status"] == FAIL and "relative drop +5.0%" in rows["quantization"]["figure"]
+    assert rows["quantization"]["why"] == ("no variant is both small enough and within the drop: ft-gptq: relative "
+                                           "drop +5.0% (interval [-0.5%, +9.9%], which also includes drops under "
+                                           "the threshold: n is too small to tell)")
     assert rows["serving_speedup"]["status"] == FAIL and "below the threshold" in rows["serving_speedup"]["why"]
     assert rows["ab_significance"]["status"] == FAIL and "keep running" in rows["ab_significance"]["figure"]
     assert rows["benchmark_consistency"]["status"] == PASS
