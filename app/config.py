@@ -156,7 +156,8 @@ class AcceptanceConfig(Section):
 MAIN_JOB_OVERRIDES: dict[str, list[str]] = {
     "quantize": ["quantize.methods=[gptq]", "quantize.qat=false"],
     # The A/B stage leaves its application up; the benchmarks load its models, then remove it.
-    "ab_test": ["ab.simulation.budget_s=300", "ab.simulation.stop_service=false"],
+    "ab_test": ["ab.simulation.budget_s=300", "ab.simulation.stop_service=false", "ab.shadow.enabled=true",
+                "ab.shadow.fraction=0.5"],
     "benchmark": ["bench.release_endpoint=true", "bench.profiles=[steady]", "bench.sweep.concurrencies=[1, 4, 16]", "bench.compare.rounds=2",
                   "bench.suites.run=[tuned_vs_default, int4_vs_bf16]"],
 }
