@@ -180,10 +180,13 @@ def quantization_row(a: Any, q: dict[str, Any] | None) -> dict[str, Any]:
             notes.append(f"{name}'s interval reaches {hi:+.1%}: at n={v['n']} a drop under "
                          f"{a.max_relative_drop:.0%} is the point estimate, not established")
         elif not met:
-            why = ([f"{red:.0%} smaller"] if red is not None and red < a.min_size_reduction else []) + (
-                [f"relative drop {v['relative_drop']:+.1%} (interval [{lo:+.1%}, {hi:+.1%}]"
-                 + (", which also includes drops under the threshold: n is too small to tell" if lo < a.max_relative_drop
-                    else "") + ")"] if v["relative_drop"] >= a.max_relative_drop else [])
+            why = []
+            if red is not None and red < a.min_size_reduction:
+                why.append(f"{red:.0%} smaller")
+            if v["relative_drop"] >= a.max_relative_drop:
+                undecided = ", which also includes drops under the threshold: n is too small to tell" \
+                    if lo < a.max_relative_drop else ""
+                why.append(f"relative drop {v['relative_drop']:+.1%} (interval [{lo:+.1%}, {hi:+.1%}]{undecided})")
             notes.append(f"{name}: {', '.join(why) or 'size unknown'}")
     return _row("quantization", crit, PASS if ok else FAIL, "; ".join(parts), thr, q.get("run_id"),
                 "; ".join(notes) if ok else "no variant is both small enough and within the drop: " + "; ".join(notes))
@@ -205,7 +208,7 @@ def serving_speedup_row(a: Any, bench: dict[str, Any] | None, suites: dict[str, 
     rows = res.get("rows") or []
     if res.get("status") != "ok" or not rows or rows[0].get("ratio") is None:
         why = res.get("reason") or res.get("error") or "bench.suites.run has no tuned_vs_default"
-        return _row("serving_speedup", crit, UNMEASURED, "-", thr, (res or {}).get("mlflow_run_id"), str(why)[:300])
+        return _row("serving_speedup", crit, UNMEASURED, "-", thr, res.get("mlflow_run_id"), str(why)[:300])
     r = rows[0]
     gain = r["ratio"] - 1
     ok = gain >= a.min_serving_speedup and bool(r.get("beyond_noise"))
@@ -214,7 +217,7 @@ def serving_speedup_row(a: Any, bench: dict[str, Any] | None, suites: dict[str, 
                 f"x{r['ratio']:.3f} ({r['candidate']:.0f} vs {r['baseline']:.0f} tok/s; rounds' spread "
                 f"{'[%.3f, %.3f]' % tuple(spread) if spread else 'none'})", thr, res.get("mlflow_run_id"),
                 "" if ok else ("below the threshold" if gain < a.min_serving_speedup else "not beyond the spread")
-                + (f"; the worst round pairing is x{spread[0]:.3f}" if spread and ok is False else ""))
+                + (f"; the worst round pairing is x{spread[0]:.3f}" if spread else ""))
 
 
 def ab_row(a: Any, ab: dict[str, Any] | None) -> dict[str, Any]:

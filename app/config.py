@@ -248,12 +248,14 @@ class ExperimentConfig(Section):
             )
         return self
 
+    def with_overrides(self, overrides: list[str], origin: str) -> ExperimentConfig:
+        """A validated copy with ``section.field=value`` overrides applied (``origin`` names them in errors)."""
+        return validate_config(apply_overrides(self.to_dict(), overrides), origin)
+
     def stage_config(self, stage: str) -> ExperimentConfig:
         """This config with ``pipeline.overrides[stage]`` applied: what that stage runs with in the main job."""
         items = self.pipeline.overrides.get(stage)
-        if not items:
-            return self
-        return validate_config(apply_overrides(self.to_dict(), items), f"pipeline.overrides.{stage}")
+        return self.with_overrides(items, f"pipeline.overrides.{stage}") if items else self
 
     def _check_stage_overrides(self) -> None:
         """Each stage's overrides give a valid config (checked once, here, before any stage runs)."""

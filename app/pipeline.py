@@ -73,7 +73,8 @@ class MemoryPeak:
 
     def reset(self) -> int:
         """The peak since the last reset (GiB figures come from it), and start a new interval."""
-        peak, self.peak = max(self.peak, self.used() or 0), self.used() or 0
+        now = self.used() or 0
+        peak, self.peak = max(self.peak, now), now
         return peak
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from app.bench.load import BenchError, bench_dir, endpoint, served_models
-from app.config import ExperimentConfig, apply_overrides, validate_config
+from app.config import ExperimentConfig
 from app.errors import AppError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def pairing_spread(candidate: list[float] | None, baseline: list[float] | None) 
 
 def derived_config(cfg: ExperimentConfig, overrides: list[str], path: Path) -> ExperimentConfig:
     """``cfg`` with ``overrides`` applied and validated, written to ``path`` (the suite's command reads it)."""
-    out = validate_config(apply_overrides(cfg.to_dict(), overrides), f"bench suite overrides {overrides}")
+    out = cfg.with_overrides(overrides, f"bench suite overrides {overrides}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(out.to_yaml(), encoding="utf-8")
     return out
