@@ -97,7 +97,14 @@ class EvaluationConfig(Section):
         "model-store entry. Empty: the base model and the fine-tuned one (training.output_model).")
     test_set: str | None = Field(
         None, description="JSONL of questions (fields question and answer (or reference); context, topic "
-        "optional). None: the test split of the latest dataset named data.name.")
+        "optional). None: the dataset splits in `splits` of the latest dataset named data.name.")
+    splits: list[Literal["test", "validation"]] = Field(
+        default_factory=lambda: ["test"],
+        description="Without test_set: the splits of the latest dataset evaluated, together (their pair ids are "
+        "disjoint). test: the held-out figures; validation as well: more questions for a paired comparison whose "
+        "interval is too wide on the test split alone (validation chose the training checkpoint, so a fine-tuned "
+        "model's level is not unbiased there; a difference between two variants of it, such as a quantization "
+        "drop, is).")
     with_test_split: int = Field(
         0, ge=0, description="With test_set: also evaluate this many examples of the latest dataset's test split "
         "(stratified by topic) in the same run: one report, the per-origin figures and paired tests keep the "
@@ -106,6 +113,11 @@ class EvaluationConfig(Section):
                                              "test set (stratified by topic); None: all.")
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     concurrency: PositiveInt = Field(4, description="Requests in flight per model.")
+    serve_one_at_a_time: bool = Field(
+        False, description="Deploy the store models one at a time (each alone, with the judge if any: answer, "
+        "remove, next) instead of all together: for a machine or GPU that cannot hold every model at once, and "
+        "faster on a few CPU cores, where engines starting together compete for them. A running Serve app that "
+        "already serves a model is used as it is.")
     timeout_s: PositiveFloat = Field(300.0, description="Total time allowed for one request.")
     max_new_tokens: PositiveInt = 128
     domain_rule: Literal["coverage", "f1_or_similarity", "f1_and_similarity", "f1", "similarity"] = Field(
@@ -134,6 +146,15 @@ class EvaluationConfig(Section):
         """The configured models as EvalModel entries (the default pair when none are listed)."""
         items = self.models or [base, finetuned]
         return [m if isinstance(m, EvalModel) else EvalModel(name=m) for m in items]
+
+    @field_validator("splits")
+    @classmethod
+    def _splits(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one split (test, validation)")
+        if len(set(v)) != len(v):
+            raise ValueError(f"splits listed twice: {v}")
+        return v
 
     @field_validator("models")
     @classmethod

@@ -85,11 +85,14 @@ def load_test_set(cfg: ExperimentConfig, progress: Callable[[str], None]) -> tup
         names.append(str(path))
     if not e.test_set or e.with_test_split:
         path = latest_dataset(cfg)
-        split = dataset_split(path)
         if e.test_set:
-            split = sample(split, e.with_test_split, cfg.seed)
+            split = sample(dataset_split(path), e.with_test_split, cfg.seed)
+            names.append(f"test split of {path.name} ({len(split)} examples)")
+        else:
+            parts = [dataset_split(path, s) for s in e.splits]
+            split = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+            names.append(f"{' + '.join(e.splits)} split{'s' if len(parts) > 1 else ''} of {path.name}")
         frames.append(split)
-        names.append(f"test split of {path.name}" + (f" ({len(split)} examples)" if e.test_set else ""))
     frames = [sample(f, e.max_examples, cfg.seed) for f in frames]  # max_examples from each set
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     dupes = frame["example_id"][frame["example_id"].duplicated()].unique().tolist()
@@ -100,18 +103,24 @@ def load_test_set(cfg: ExperimentConfig, progress: Callable[[str], None]) -> tup
     return frame, name
 
 
+def store_names(cfg: ExperimentConfig, models: list[EvalModel]) -> list[str]:
+    """The store entries among ``models`` (those without a URL); EvalError naming any not in the store."""
+    names = list(dict.fromkeys(m.model_id for m in models if not m.url))
+    if names:
+        stored = {m.name for m in model_store(cfg).list()}
+        missing = [n for n in names if n not in stored]
+        if missing:
+            raise EvalError(f"evaluation models {missing} are not in the model store ({sorted(stored)}); fine-tune "
+                            "first (`app train run`), or list other models in evaluation.models")
+    return names
+
+
 def served_models(cfg: ExperimentConfig, models: list[EvalModel], progress: Callable[[str], None]) -> bool:
     """Make the project's Serve app serve every store model listed; True when this call deployed it."""
-    names = list(dict.fromkeys(m.model_id for m in models if not m.url))
+    names = store_names(cfg, models)
     if not names:
         cluster.connect(cfg.ray)
         return False
-    store = model_store(cfg)
-    stored = {m.name for m in store.list()}
-    missing = [n for n in names if n not in stored]
-    if missing:
-        raise EvalError(f"evaluation models {missing} are not in the model store ({sorted(stored)}); fine-tune "
-                        "first (`app train run`), or list other models in evaluation.models")
     serving = cfg.serving.model_copy(update={"models": names})
     return ensure_served(cfg.model_copy(update={"serving": serving}), names, "the evaluation", progress,
                          replace_others=False)
@@ -137,7 +146,10 @@ def evaluate(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
         # Connected by now (to the Serve cluster when store models are evaluated), without the
         # cluster's log forwarding: the replicas' access logs would drown the progress lines.
         judge = [e.judge.model] if e.judge else []
-        deployed = served_models(cfg, models + judge, progress)
+        store_names(cfg, models + judge)  # every model checked before the first engine starts
+        # One at a time: the first store model now, each next one after the previous is removed.
+        one = e.serve_one_at_a_time
+        deployed = served_models(cfg, (models[:1] if one else models) + judge, progress)
         frame, retrieval = fill_contexts(frame, cfg, base.path / "tokenizer.json", progress)
         tokenizer = AutoTokenizer.from_pretrained(base.path)
         messages = prompts(frame, cfg, tokenizer)
@@ -145,7 +157,12 @@ def evaluate(cfg: ExperimentConfig, config_path: Path | None = None, *, rerun_of
         table = frame.copy()
         facts_models, bleu, judged = {}, {}, {}
         try:
-            for m in models:
+            for i, m in enumerate(models):
+                if one and i and not m.url:
+                    if deployed:
+                        progress("removing the Serve app before the next model (evaluation.serve_one_at_a_time)")
+                        remove_app()
+                    deployed = served_models(cfg, [m] + judge, progress)
                 answers, errors, facts_models[m.name] = answer_all(frame, messages, m, cfg, progress)
                 table[col(m.name, "answer")], table[col(m.name, "error")] = answers, errors
                 scores = score(frame, answers, cfg)

@@ -341,10 +341,10 @@ def evaluate_variants(cfg: ExperimentConfig, source: str, variants: dict[str, st
 
     e = cfg.evaluation
     models = [source, *variants.values()]
-    # A local cluster started for the evaluation must fit every model's replicas and the ingress (or the
-    # last replicas wait forever to be scheduled), plus one spare: the evaluation's own Ray Data tasks
-    # run on the same cluster.
-    need = cpus_needed(cfg.serving.model_copy(update={"models": models})) + 1
+    # A local cluster started for the evaluation must fit every model's replicas (one model's with
+    # evaluation.serve_one_at_a_time) and the ingress, or the last replicas wait forever to be scheduled,
+    # plus one spare: the evaluation's own Ray Data tasks run on the same cluster.
+    need = cpus_needed(cfg.serving.model_copy(update={"models": models[:1] if e.serve_one_at_a_time else models})) + 1
     serving = cfg.serving.model_copy(update={"cluster_cpus": max(cfg.serving.cluster_cpus, need)})
     eval_cfg = cfg.model_copy(update={"serving": serving, "evaluation": e.model_copy(update={
         "models": models, "run_name": f"{run_name}-eval", "judge": None,

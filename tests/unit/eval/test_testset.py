@@ -102,6 +102,34 @@ def test_a_test_set_with_the_test_split_in_one_run(tmp_path, monkeypatch):
     assert set(alone["origin"]) == {"human-written"} and len(alone) == 5
 
 
+def test_validation_and_test_splits_evaluated_together(tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    from app.config import ExperimentConfig
+    from app.eval.run import load_test_set
+
+    monkeypatch.setenv("DOMAIN_LLM_HOME", str(tmp_path / "home"))
+    version = tmp_path / "home/datasets/ds/v1"
+    version.mkdir(parents=True)
+    (version.parent / "LATEST").write_text("v1")
+    for split, n in (("test", 6), ("validation", 4)):
+        pd.DataFrame([{"pair_id": f"{split}{i}", "question": f"q{i}?", "answer": f"a{i}", "context": "c",
+                       "topic": f"t{i % 2}", "generator": "definition", "origin": "extracted:definition"}
+                      for i in range(n)]).to_parquet(version / f"{split}.parquet")
+    cfg = ExperimentConfig.model_validate({"data": {"name": "ds"}})
+    frame, name = load_test_set(cfg, lambda _: None)
+    assert len(frame) == 6 and name == "test split of v1"
+    both = cfg.model_copy(update={"evaluation": cfg.evaluation.model_copy(update={"splits": ["validation", "test"]})})
+    frame, name = load_test_set(both, lambda _: None)
+    assert len(frame) == 10 and frame["example_id"].is_unique and name == "validation + test splits of v1"
+    (version / "validation.parquet").unlink()
+    with pytest.raises(Exception, match="has no validation split"):
+        load_test_set(both, lambda _: None)
+    for bad, message in (([], "at least one split"), (["test", "test"], "listed twice"), (["train"], "splits")):
+        with pytest.raises(ValidationError, match=message):
+            ExperimentConfig.model_validate({"evaluation": {"splits": bad}})
+
+
 def test_retrieval_scoped_by_topic_searches_the_topics_folder(monkeypatch):
     from app import config
     from app.eval import testset
