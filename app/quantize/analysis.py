@@ -866,9 +866,7 @@ def _verdicts(results: dict[str, Any], accuracy: dict[str, Any]) -> list[str]:
     target = {"size_reduction": 0.40, "max_relative_drop": 0.02, **(accuracy.get("target") or {})}
     need_size, max_drop = float(target["size_reduction"]), float(target["max_relative_drop"])
     lines = []
-    for v, a in accuracy.items():
-        if not isinstance(a, dict) or "accuracy" not in a or v == "target":
-            continue
+    for v, a in accuracy["variants"].items():
         size = results["sizes"].get(v, {}).get("reduction_whole")
         if size is None:
             continue  # the reference itself, or a model that is not a variant
@@ -891,15 +889,20 @@ def _verdicts(results: dict[str, Any], accuracy: dict[str, Any]) -> list[str]:
             acc_state = "met" if rel < max_drop else "not met"
             acc_part = (f"relative accuracy drop {rel:+.2%} ({'below' if rel < max_drop else 'at or above'} "
                         f"{max_drop:.0%}, no interval given)")
+        # As the acceptance table judges it: the target is on the point estimate; the interval says
+        # whether this many questions establish it.
         if not size_ok:
             verdict = "NOT MET (size)" if acc_state != "not met" else "NOT MET (size and accuracy)"
         elif acc_state == "met":
             verdict = "MET"
         elif acc_state == "not met":
             verdict = "NOT MET (accuracy)"
+        elif acc_state == "undecided":
+            verdict = (f"MET on the point estimate, not established (the interval reaches {max_drop:.0%})"
+                       if rel < max_drop else
+                       f"NOT MET on the point estimate (the interval reaches below {max_drop:.0%}: not ruled out)")
         else:
-            verdict = ("NOT DECIDABLE (the interval spans the threshold)" if acc_state == "undecided"
-                       else "NOT DECIDABLE")
+            verdict = "NOT DECIDABLE"
         n = f", n={a['n']}" if a.get("n") is not None else ""
         lines.append(f"{v}: {size_part}; {acc_part}{n}; sprint target {verdict}.")
     return lines
@@ -985,15 +988,17 @@ def report_tables(results: dict[str, Any], accuracy: dict[str, Any] | None = Non
 
     if accuracy:
         metric = accuracy.get("primary_metric", "accuracy")
-        rows = []
-        for v, a in accuracy.items():
-            if not isinstance(a, dict) or "accuracy" not in a or v == "target":
-                continue
-            ci = a.get("ci")
+        rows = [{"model": accuracy["source"], str(metric): _f(accuracy["source_accuracy"], ".3f"), "drop": "-",
+                 "relative drop": "-", "CI of the drop": "-", "CI of the relative drop": "-", "p": "-",
+                 "detectable drop": "-", "n": "-"}]
+        for v, a in accuracy["variants"].items():
+            ci, rci = a.get("ci"), a.get("relative_ci")
             rows.append({"model": v, str(metric): _f(a.get("accuracy"), ".3f"), "drop": _f(a.get("drop"), "+.3f"),
                          "relative drop": _pct(a.get("relative_drop"), True),
                          "CI of the drop": f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "-",
-                         "p": _f(a.get("p_value"), ".3g"), "n": a.get("n", "-")})
+                         "CI of the relative drop": f"[{rci[0]:+.1%}, {rci[1]:+.1%}]" if rci else "-",
+                         "p": _f(a.get("p_value"), ".3g"), "detectable drop": _f(a.get("detectable_drop"), ".3f"),
+                         "n": a.get("n", "-")})
         out.append((f"Accuracy ({metric})", pd.DataFrame(rows)))
     return out
 
@@ -1024,6 +1029,11 @@ def _intro(results: dict[str, Any], accuracy: dict[str, Any] | None) -> list[str
         lines.append(f"Sprint target: checkpoint at least {float(target['size_reduction']):.0%} smaller and relative "
                      f"accuracy drop below {float(target['max_relative_drop']):.0%} (interval of the relative drop: "
                      "the drop's interval divided by the source's accuracy).")
+        if accuracy.get("test_set"):
+            lines.append(f"Accuracy: {accuracy.get('primary_metric', 'accuracy')} of the source and every variant on "
+                         f"the same questions ({accuracy['test_set']}), paired {accuracy.get('confidence', 0.95):.0%} "
+                         "bootstrap intervals and permutation p-values; detectable drop: the smallest difference "
+                         "this many questions would show at 80% power.")
         lines += _verdicts(results, accuracy)
     return lines
 

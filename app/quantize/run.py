@@ -360,7 +360,8 @@ def accuracy_drops(summary: dict[str, Any], source: str, variants: list[str], co
     relative to the source's accuracy, with the paired bootstrap interval and permutation p-value."""
     src = summary["means"][source]["domain_correct"]["mean"]
     out: dict[str, Any] = {"primary_metric": "domain_accuracy", "source": source, "source_accuracy": src,
-                           "confidence": confidence, "target": TARGET, "variants": {}}
+                           "confidence": confidence, "target": TARGET,
+                           "test_set": (summary.get("facts") or {}).get("test_set"), "variants": {}}
     for v in variants:
         c = summary["comparisons"][v]["domain_correct"]
         drop, lo, hi = -c["difference"], -c["high"], -c["low"]  # difference is variant - source

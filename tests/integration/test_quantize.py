@@ -138,8 +138,9 @@ def test_sizes_accuracy_and_analysis_are_reported(quantized, home):
         assert v["ci"][0] <= v["drop"] <= v["ci"][1] and 0 <= v["p_value"] <= 1 and v["n"] == 3
     out = Path(summary["output"])
     report = (out / "report.md").read_text()
+    accuracy_table = report[report.index("## Accuracy"):]
     for name in summary["variants"].values():
-        assert name in report
+        assert name in report and f"| {name} |" in accuracy_table, accuracy_table[:1000]
     html = (out / "report.html").read_text()
     assert "<img" in html and "perplexity" in html.lower()
     analysis = json.loads((out / "summary.json").read_text())["analysis"]

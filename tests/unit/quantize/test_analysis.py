@@ -336,13 +336,20 @@ def test_small_update_on_generic_weights_drowns_in_noise():
 
 
 def test_report(generic, tmp_path):
-    accuracy = {"rtn": {"accuracy": 0.60, "drop": 0.02, "relative_drop": 0.02 / 0.62, "ci": [0.015, 0.03],
-                        "p_value": 0.01, "n": 120},
-                "worse gptq": {"accuracy": 0.615, "drop": 0.005, "relative_drop": 0.005 / 0.62, "ci": [-0.02, 0.03],
-                               "p_value": 0.6, "n": 120},
-                SCRIPT: {"accuracy": 0.62, "drop": 0.0, "relative_drop": 0.0, "ci": [-0.005, 0.005],
-                         "p_value": 1.0, "n": 120},
-                "primary_metric": "domain accuracy", "target": {"size_reduction": 0.40, "max_relative_drop": 0.02}}
+    from app.quantize.run import accuracy_drops
+
+    # The accuracy block as the stage makes it: accuracy_drops over an evaluation summary (comparisons
+    # are variant - source, so a drop of 0.02 is a difference of -0.02 with its interval negated).
+    drops = {"rtn": (0.02, [0.015, 0.03], 0.01), "worse gptq": (0.005, [-0.02, 0.03], 0.6),
+             SCRIPT: (0.0, [-0.005, 0.005], 1.0)}
+    summary = {"means": {"source": {"domain_correct": {"mean": 0.62}},
+                         **{v: {"domain_correct": {"mean": 0.62 - d}} for v, (d, _, _) in drops.items()}},
+               "comparisons": {v: {"domain_correct": {"difference": -d, "low": -ci[1], "high": -ci[0],
+                                                      "p_permutation": p, "n": 120, "detectable": 0.05}}
+                               for v, (d, ci, p) in drops.items()},
+               "facts": {"test_set": "validation + test splits of v1"}}
+    accuracy = accuracy_drops(summary, "source", list(drops), 0.95)
+    accuracy["primary_metric"] = "domain accuracy"
     paths = write_report(generic, tmp_path, accuracy=accuracy, title="INT4 <b>report</b>")
     names = {p.name for p in paths}
     assert {"report.md", "report.html", "output_error.png", "activation_outliers.png", "sizes.png",
@@ -357,5 +364,8 @@ def test_report(generic, tmp_path):
         assert table in html and table in md
     assert html.count("<table") == 8 and html.count("data:image/png;base64,") == 4
     assert "rtn: size" in md and "NOT MET (accuracy)" in md  # CI of the relative drop entirely above 2%
-    assert "worse gptq: size" in md and "NOT DECIDABLE" in md  # the interval spans 2%
+    assert "worse gptq: size" in md and "MET on the point estimate, not established" in md  # 0.8%, interval spans 2%
     assert "sprint target MET" in md  # the hostile-named copy of rtn, drop within +-0.8%
+    table = md[md.index("## Accuracy (domain accuracy)"):]
+    assert "_(none)_" not in table and "| rtn | 0.600 | +0.020 | +3.2% | [+0.015, +0.030] | [+2.4%, +4.8%] | 0.01 |" in table
+    assert "| source | 0.620 |" in table and "validation + test splits of v1" in md
