@@ -33,7 +33,8 @@ class QuantizeConfig(Section):
         "(checked against the model before any work: 128 does not divide SmolLM2's 576, 64 does).")
     ignore: list[str] = Field(
         default_factory=lambda: ["lm_head"],
-        description="Layers left in bf16: module names (or their last part), or re:<regex>.")
+        description="Layers left in bf16: module names (or their last part, e.g. v_proj), or re:<regex>. "
+        "q_proj/k_proj/v_proj and gate_proj/up_proj of a layer go together (vLLM fuses them).")
     calibration_samples: int = Field(
         64, ge=8, description="Training-split examples (chat-formatted as in training) the calibration runs on; "
         "the split must hold at least this many.")

@@ -62,9 +62,22 @@ def source_name(cfg: ExperimentConfig) -> str:
     return cfg.quantize.source_model or cfg.training.output_model or f"{cfg.model.name}-lora"
 
 
+# Linear layers vLLM fuses into one (qkv_proj, gate_up_proj): their shards must share one scheme, so
+# they are quantized or left in bf16 together.
+FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def ignored_layers(model_dir: Path, ignore: list[str]) -> list[str]:
+    """The exact names of the Linear layers ``ignore`` leaves in bf16. llm-compressor matches an entry
+    only as a whole module name or ``re:<regex>`` (not as a name's last part, which the config allows):
+    it is given these names."""
+    return sorted(n for n in linear_input_widths(model_dir) if is_ignored(n, ignore))
+
+
 def check_layers(model_dir: Path, group_size: int, ignore: list[str]) -> list[str]:
     """The Linear layers that will be quantized; raises QuantizeError when the group size does not
-    divide one of their input widths, an ignore entry matches nothing, or nothing is left."""
+    divide one of their input widths, an ignore entry matches nothing, it splits layers vLLM fuses,
+    or nothing is left."""
     widths = linear_input_widths(model_dir)
     unknown = [p for p in ignore if not any(is_ignored(n, [p]) for n in widths)]
     if unknown:
@@ -73,6 +86,18 @@ def check_layers(model_dir: Path, group_size: int, ignore: list[str]) -> list[st
     targets = {n: w for n, w in widths.items() if not is_ignored(n, ignore)}
     if not targets:
         raise QuantizeError("quantize.ignore leaves no Linear layer to quantize")
+    for group in FUSED:
+        for name in widths:
+            parent, _, leaf = name.rpartition(".")
+            if leaf != group[0]:
+                continue
+            members = [f"{parent}.{m}" for m in group if f"{parent}.{m}" in widths]
+            kept = [m for m in members if m not in targets]
+            if kept and len(kept) != len(members):
+                raise QuantizeError(
+                    f"quantize.ignore leaves {', '.join(k.rpartition('.')[2] for k in kept)} of {parent} in bf16 but "
+                    f"not {', '.join(m.rpartition('.')[2] for m in members if m in targets)}: vLLM serves "
+                    f"{'/'.join(group)} as one fused layer with one scheme; ignore all of them or none")
     bad = {n: w for n, w in targets.items() if w % group_size}
     if bad:
         gcd = math.gcd(*targets.values())
@@ -100,6 +125,7 @@ def preflight(cfg: ExperimentConfig, progress: Callable[[str], None] = print) ->
     if source.kind == "quantized":
         raise QuantizeError(f"{name!r} is already quantized ({source.manifest.get('method')}); quantize a bf16 model")
     layers = check_layers(source.path, q.group_size, q.ignore)
+    kept_bf16 = ignored_layers(source.path, q.ignore)
     variants = {m: q.variant_name(name, m) for m in q.methods}
     if q.qat:
         variants["qat"] = q.variant_name(name, "qat")
@@ -135,7 +161,7 @@ def preflight(cfg: ExperimentConfig, progress: Callable[[str], None] = print) ->
         qat_plan = {"checkpoint": ckpt, "lora": source.manifest.get("lora") or cfg.lora.model_dump(mode="json")}
     python = quant_python(q.python)
     env = probe(python) if q.methods or q.qat else {}
-    return {"source": source, "base": base, "layers": layers, "variants": variants, "dataset": data_path,
+    return {"source": source, "base": base, "layers": layers, "kept_bf16": kept_bf16, "variants": variants, "dataset": data_path,
             "python": python, "env": env, "qat": qat_plan}
 
 
@@ -236,7 +262,7 @@ def quantize_models(cfg: ExperimentConfig, config_path: Path | None = None, *, r
                 progress(f"== {method}: {src.name} -> {variant}" + (" (packed round-to-nearest, as trained)"
                                                                     if method == "qat" else ""))
                 job = {"model_dir": str(src.path), "out_dir": str(tmp), "method": packer, "scheme": q.scheme,
-                       "group_size": q.group_size, "ignore": list(q.ignore), "calibration_file": str(out / "calibration.jsonl"),
+                       "group_size": q.group_size, "ignore": plan["kept_bf16"], "calibration_file": str(out / "calibration.jsonl"),
                        "max_seq_len": q.max_seq_len, "pipeline": q.pipeline, "seed": cfg.seed, "threads": q.threads,
                        "awq_grid": q.awq_grid, "gptq_dampening": q.gptq_dampening}
                 result = run_worker(plan["python"], job, timeout_s=q.timeout_s, progress=progress,
@@ -248,7 +274,8 @@ def quantize_models(cfg: ExperimentConfig, config_path: Path | None = None, *, r
             source_sizes = size_report(source.path)
             for method, m in made.items():
                 extra = {"method": method, "packer": "rtn" if method == "qat" else method, "scheme": q.scheme,
-                         "group_size": q.group_size, "ignore": list(q.ignore), "source_model": source.name,
+                         "group_size": q.group_size, "ignore": list(q.ignore), "kept_bf16": plan["kept_bf16"],
+                         "source_model": source.name,
                          "source_sha256": model_fingerprint(source), "trained_from": m["from"],
                          "recipe": m["result"].get("recipe"), "calibration_sha256": calib_sha if method != "qat" else None,
                          "calibration_samples": m["result"].get("calibration_samples"), "max_seq_len": q.max_seq_len,

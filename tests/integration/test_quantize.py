@@ -108,6 +108,7 @@ def test_every_variant_is_stored_with_its_recipe(quantized, source, home):
         m = store.get(name, verify=True)
         assert m.kind == "quantized" and m.manifest["parent"] == SOURCE and m.manifest["method"] == method
         assert m.manifest["scheme"] == "W4A16_ASYM" and m.manifest["group_size"] == 64
+        assert m.manifest["kept_bf16"] == ["lm_head"]
         assert m.manifest["environment"]["llmcompressor"] == "0.14.0.1"
         assert m.manifest["environment"]["python"].endswith(".venv-quant/bin/python")
         assert m.manifest["source_sha256"] and "weight_packed" not in json.dumps(m.manifest["files"])
@@ -203,6 +204,7 @@ def store_state(home: Path) -> dict[str, float]:
     (["quantize.scheme=W4A8"], "quantize.scheme"),
     (["quantize.source_model=no-such-model"], "quantize.source_model 'no-such-model' is not usable"),
     (["quantize.calibration_samples=100000"], "too few calibration samples"),
+    (["quantize.ignore=[lm_head, v_proj]"], "vLLM serves q_proj/k_proj/v_proj as one fused layer"),
 ])
 def test_bad_input_is_refused_before_any_work(base, home, overrides, message):
     before = store_state(home)

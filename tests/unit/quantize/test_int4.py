@@ -16,7 +16,7 @@ from app.config import ConfigError, load_config
 from app.int4 import fake_quantize, is_ignored
 from app.quantize.checkpoint import dequantized_state_dict, quantized_layers, size_report, weight_scheme
 from app.quantize.env import quant_python, run_worker
-from app.quantize.run import QuantizeError, accuracy_drops, check_layers
+from app.quantize.run import QuantizeError, accuracy_drops, check_layers, ignored_layers
 from app.train.config import QatConfig
 
 
@@ -141,6 +141,15 @@ def test_group_size_ignore_list_and_scheme_are_checked_against_the_model(tiny):
         check_layers(tiny, 64, ["lm_head", "mlp.nothing"])
     with pytest.raises(QuantizeError, match="leaves no Linear layer"):
         check_layers(tiny, 64, ["re:.*"])
+    # A last-part entry: every layer it names, by its exact name (llm-compressor matches nothing else).
+    assert ignored_layers(tiny, ["lm_head", "v_proj", "k_proj", "q_proj"]) == sorted(
+        ["lm_head"] + [f"model.layers.{i}.self_attn.{p}_proj" for i in range(2) for p in "qkv"])
+    assert len(check_layers(tiny, 64, ["lm_head", "q_proj", "k_proj", "v_proj"])) == 14 - 6
+    with pytest.raises(QuantizeError, match=r"leaves v_proj of model.layers.0.self_attn in bf16 but not q_proj, "
+                                            r"k_proj: vLLM serves q_proj/k_proj/v_proj as one fused layer"):
+        check_layers(tiny, 64, ["lm_head", "v_proj"])
+    with pytest.raises(QuantizeError, match="leaves up_proj of model.layers.1.mlp in bf16 but not gate_proj"):
+        check_layers(tiny, 64, ["lm_head", "model.layers.1.mlp.up_proj"])
     assert is_ignored("model.layers.0.mlp.down_proj", ["down_proj"]) and is_ignored("lm_head", ["lm_head"])
     assert not is_ignored("model.layers.0.mlp.down_proj", ["proj"])
     for bad, msg in (("quantize.scheme=W3A16", "quantize.scheme"), ("quantize.group_size=60", "multiple of 8"),
