@@ -206,6 +206,7 @@ def deploy(home: Path, s: ServingConfig, progress: Callable[[str], None] = print
 
         check_capacity(s, ray.cluster_resources().get("CPU", 0))
     serve.start(http_options=http_options(s))
+    check_http_port(s)
     if replace and APP_NAME in serve.status().applications:
         progress("removing the running application")
         remove_app()
@@ -226,6 +227,25 @@ def deploy(home: Path, s: ServingConfig, progress: Callable[[str], None] = print
             raise
         info["gate_seconds"] = round(time.time() - gate_started, 1)
     return info
+
+
+def check_http_port(s: ServingConfig) -> None:
+    """ServeError before deploying when Serve already runs on this cluster with another HTTP port.
+
+    Serve fixes its proxy's host and port when it first starts on a cluster and ignores later ones
+    with a log line: an app deployed for another port would answer there, and waiting for it at
+    ``serving.port`` would run into the ready timeout."""
+    from ray.serve.context import _get_global_client
+
+    try:
+        running = _get_global_client().http_config
+    except (ImportError, AttributeError):  # Ray's private client moved: nothing to compare, deploy as before
+        return
+    if running.port != s.port:
+        raise ServeError(f"Serve already runs on this Ray cluster with its HTTP proxy on port {running.port}, and "
+                         f"serving.port is {s.port}: a cluster's Serve keeps the port it started with. Set "
+                         f"serving.port={running.port}, or stop that Serve (`serve shutdown`, or `ray stop` for a "
+                         "local cluster)")
 
 
 def check_gate(home: Path, s: ServingConfig, progress: Callable[[str], None] = print) -> dict[str, Any]:
