@@ -869,7 +869,7 @@ def _verdicts(results: dict[str, Any], accuracy: dict[str, Any]) -> list[str]:
     for v, a in accuracy["variants"].items():
         size = results["sizes"].get(v, {}).get("reduction_whole")
         if size is None:
-            continue  # the reference itself, or a model that is not a variant
+            continue  # a variant without a size report: no verdict
         rel = a.get("relative_drop")
         ref = a["accuracy"] + a["drop"] if a.get("drop") is not None else None
         rel_ci = a.get("relative_ci")

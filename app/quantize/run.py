@@ -67,18 +67,19 @@ def source_name(cfg: ExperimentConfig) -> str:
 FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
-def ignored_layers(model_dir: Path, ignore: list[str]) -> list[str]:
-    """The exact names of the Linear layers ``ignore`` leaves in bf16. llm-compressor matches an entry
-    only as a whole module name or ``re:<regex>`` (not as a name's last part, which the config allows):
-    it is given these names."""
-    return sorted(n for n in linear_input_widths(model_dir) if is_ignored(n, ignore))
+def ignored_layers(widths: dict[str, int], ignore: list[str]) -> list[str]:
+    """The exact names of the Linear layers (``linear_input_widths``) ``ignore`` leaves in bf16.
+    llm-compressor matches an entry only as a whole module name or ``re:<regex>`` (not as a name's last
+    part, which the config allows): it is given these names."""
+    return sorted(n for n in widths if is_ignored(n, ignore))
 
 
-def check_layers(model_dir: Path, group_size: int, ignore: list[str]) -> list[str]:
+def check_layers(model_dir: Path, group_size: int, ignore: list[str],
+                 widths: dict[str, int] | None = None) -> list[str]:
     """The Linear layers that will be quantized; raises QuantizeError when the group size does not
     divide one of their input widths, an ignore entry matches nothing, it splits layers vLLM fuses,
-    or nothing is left."""
-    widths = linear_input_widths(model_dir)
+    or nothing is left. ``widths``: the model's ``linear_input_widths`` when the caller has them."""
+    widths = widths if widths is not None else linear_input_widths(model_dir)
     unknown = [p for p in ignore if not any(is_ignored(n, [p]) for n in widths)]
     if unknown:
         raise QuantizeError(f"quantize.ignore {unknown} match no Linear layer of the model at {model_dir} "
@@ -124,8 +125,9 @@ def preflight(cfg: ExperimentConfig, progress: Callable[[str], None] = print) ->
                             "or name a stored model)") from None
     if source.kind == "quantized":
         raise QuantizeError(f"{name!r} is already quantized ({source.manifest.get('method')}); quantize a bf16 model")
-    layers = check_layers(source.path, q.group_size, q.ignore)
-    kept_bf16 = ignored_layers(source.path, q.ignore)
+    widths = linear_input_widths(source.path)  # the model built once, on the meta device
+    layers = check_layers(source.path, q.group_size, q.ignore, widths)
+    kept_bf16 = ignored_layers(widths, q.ignore)
     variants = {m: q.variant_name(name, m) for m in q.methods}
     if q.qat:
         variants["qat"] = q.variant_name(name, "qat")

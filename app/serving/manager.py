@@ -235,9 +235,9 @@ def check_http_port(s: ServingConfig) -> None:
     Serve fixes its proxy's host and port when it first starts on a cluster and ignores later ones
     with a log line: an app deployed for another port would answer there, and waiting for it at
     ``serving.port`` would run into the ready timeout."""
-    from ray.serve.context import _get_global_client
-
     try:
+        from ray.serve.context import _get_global_client
+
         running = _get_global_client().http_config
     except (ImportError, AttributeError):  # Ray's private client moved: nothing to compare, deploy as before
         return

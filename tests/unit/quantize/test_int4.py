@@ -14,7 +14,8 @@ import torch
 
 from app.config import ConfigError, load_config
 from app.int4 import fake_quantize, is_ignored
-from app.quantize.checkpoint import dequantized_state_dict, quantized_layers, size_report, weight_scheme
+from app.quantize.checkpoint import (dequantized_state_dict, linear_input_widths, quantized_layers, size_report,
+                                     weight_scheme)
 from app.quantize.env import quant_python, run_worker
 from app.quantize.run import QuantizeError, accuracy_drops, check_layers, ignored_layers
 from app.train.config import QatConfig
@@ -142,7 +143,7 @@ def test_group_size_ignore_list_and_scheme_are_checked_against_the_model(tiny):
     with pytest.raises(QuantizeError, match="leaves no Linear layer"):
         check_layers(tiny, 64, ["re:.*"])
     # A last-part entry: every layer it names, by its exact name (llm-compressor matches nothing else).
-    assert ignored_layers(tiny, ["lm_head", "v_proj", "k_proj", "q_proj"]) == sorted(
+    assert ignored_layers(linear_input_widths(tiny), ["lm_head", "v_proj", "k_proj", "q_proj"]) == sorted(
         ["lm_head"] + [f"model.layers.{i}.self_attn.{p}_proj" for i in range(2) for p in "qkv"])
     assert len(check_layers(tiny, 64, ["lm_head", "q_proj", "k_proj", "v_proj"])) == 14 - 6
     with pytest.raises(QuantizeError, match=r"leaves v_proj of model.layers.0.self_attn in bf16 but not q_proj, "
